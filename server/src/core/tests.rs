@@ -1,0 +1,103 @@
+//! The core on simulated time, with integers standing in for sockets.
+
+use super::*;
+
+fn core(idle_ticks: u32, spill_budget: usize) -> SessionCore<u32> {
+    SessionCore::new(
+        CoreConfig {
+            max_frame: 64,
+            idle_timeout_ticks: idle_ticks,
+            spill_budget,
+            capacity: 16,
+        },
+        0,
+    )
+}
+
+#[test]
+fn pipelined_and_split_requests_are_answered_in_order() {
+    let mut c = core(10, 1024);
+    let key = c.open(7, 0).key();
+    let mut out = Vec::new();
+    assert_eq!(c.ingest(key, 0, b"PING\r\nPING a\r\nPI", &mut out), Verdict::Open);
+    assert_eq!(out, b"+PONG\r\n$1\r\na\r\n");
+    assert_eq!(c.spill_bytes(), 2, "the partial frame is spilled");
+    out.clear();
+    assert_eq!(c.ingest(key, 1, b"NG\r\n", &mut out), Verdict::Open);
+    assert_eq!(out, b"+PONG\r\n");
+    assert_eq!(c.spill_bytes(), 0, "and released once complete");
+    assert_eq!(c.counters.heartbeats, 3);
+    assert_eq!(c.counters.spilled_frames, 1);
+}
+
+#[test]
+fn quit_and_protocol_errors_close_only_that_session() {
+    let mut c = core(10, 1024);
+    let a = c.open(1, 0).key();
+    let b = c.open(2, 0).key();
+    let mut out = Vec::new();
+    assert_eq!(c.ingest(a, 0, b"*1\r\n?", &mut out), Verdict::Close(CloseReason::Protocol));
+    assert!(out.starts_with(b"-ERR Protocol error:"));
+    assert_eq!(c.close(a, CloseReason::Protocol), 1);
+    out.clear();
+    assert_eq!(c.ingest(b, 0, b"QUIT\r\n", &mut out), Verdict::Close(CloseReason::Peer));
+    assert_eq!(out, b"+OK\r\n");
+    c.close(b, CloseReason::Peer);
+    assert_eq!(c.counters.closed(CloseReason::Protocol), 1);
+    assert_eq!(c.counters.closed(CloseReason::Peer), 1);
+    assert_eq!(c.sessions(), 0);
+}
+
+#[test]
+fn a_blocked_write_spills_and_unblocks_when_flushed() {
+    let mut c = core(10, 1024);
+    let key = c.open(1, 0).key();
+    let mut out = Vec::new();
+    c.ingest(key, 0, b"PING\r\nPING\r\n", &mut out);
+    assert_eq!(c.after_write(key, &out, 3), Verdict::Open);
+    assert!(c.is_write_blocked(key));
+    assert_eq!(c.pending_output(key), b"NG\r\n+PONG\r\n");
+    assert!(!c.flushed(key, 4));
+    assert!(c.flushed(key, 7));
+    assert!(!c.is_write_blocked(key));
+    assert_eq!(c.counters.bytes_out, 14);
+}
+
+#[test]
+fn a_session_over_the_spill_budget_is_closed_as_overflow() {
+    let mut c = core(10, 8);
+    let key = c.open(1, 0).key();
+    let mut out = Vec::new();
+    c.ingest(key, 0, b"PING\r\nPING\r\n", &mut out);
+    assert_eq!(c.after_write(key, &out, 0), Verdict::Close(CloseReason::Overflow));
+    c.close(key, CloseReason::Overflow);
+    assert_eq!(c.spill_bytes(), 0, "closing frees what it held");
+}
+
+#[test]
+fn idle_sessions_are_evicted_and_heartbeats_keep_them() {
+    let mut c = core(5, 1024);
+    let quiet = c.open(1, 0).key();
+    let chatty = c.open(2, 0).key();
+    let mut due = Vec::new();
+    let mut out = Vec::new();
+    for now in 1..=20 {
+        if now % 3 == 0 {
+            c.ingest(chatty, now, b"PING\r\n", &mut out);
+        }
+        c.expire(now, &mut due);
+        for &key in &due {
+            c.close(key, CloseReason::Evicted);
+        }
+        if now < 5 {
+            assert!(due.is_empty(), "nothing due before the timeout (tick {now})");
+        }
+        if now == 5 {
+            assert_eq!(due, [quiet]);
+        }
+        due.clear();
+    }
+    assert_eq!(c.sessions(), 1);
+    assert_eq!(c.resolve(c.token(chatty)), Some(chatty));
+    assert_eq!(c.counters.closed(CloseReason::Evicted), 1);
+}
