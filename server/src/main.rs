@@ -1,1 +1,176 @@
-fn main() {}
+//! `c10m-server`: holds idle RESP sessions at a few dozen bytes each.
+#![forbid(unsafe_code)]
+
+use anyhow::{bail, Context, Result};
+use c10m_server::server::{self, ServerConfig};
+use c10m_server::sys::allowed_cpus;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Holds up to millions of idle RESP (Redis protocol) sessions and answers
+/// their heartbeats: PING [payload], ECHO payload, QUIT.
+#[derive(Debug, Parser)]
+#[command(name = "c10m-server", version)]
+struct Cli {
+    /// Address to listen on. The server has no authentication: other
+    /// interfaces are bound only when named here. Port 0 picks a free port
+    /// (printed in the start-up line).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+
+    /// Worker threads, each with its own SO_REUSEPORT listener and poller
+    /// [default: one per CPU in --cores]
+    #[arg(long)]
+    workers: Option<usize>,
+
+    /// CPUs to pin workers to, e.g. `0,2,4` or `0-3` [default: the CPUs this
+    /// process may run on]
+    #[arg(long, value_parser = parse_cpu_list)]
+    cores: Option<CpuList>,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+
+    /// Most sessions held at once; more are accepted and closed at once
+    /// (counted as rejected) [default: what RLIMIT_NOFILE allows]
+    #[arg(long)]
+    max_sessions: Option<u64>,
+
+    /// Close sessions silent for this long (counted as evicted).
+    #[arg(long, default_value = "600s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Largest request frame in bytes; a longer one gets
+    /// `-ERR Protocol error` and its session is closed.
+    #[arg(long, default_value_t = c10m_server::wire::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
+    max_frame: usize,
+
+    /// Per-worker cap on bytes held for partial frames and blocked writes,
+    /// e.g. `16MiB`; a session that would exceed it is closed (overflow).
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    spill_budget: usize,
+
+    /// listen() backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 65535)]
+    backlog: i32,
+
+    /// Print a stats line this often (`0s`: never).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    stats_interval: Duration,
+
+    /// Write the final stats as JSON to this file on exit.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+
+    /// Join a port other server processes already listen on (SO_REUSEPORT)
+    /// instead of refusing it as in use.
+    #[arg(long, hide = true)]
+    join: bool,
+}
+
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 600s, 5m, 250ms)"))
+}
+
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list entry '{part}' (write e.g. 0,2,4 or 0-3)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(CpuList(cpus))
+}
+
+fn parse_max_frame(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if !(16..=1 << 20).contains(&n) {
+        return Err(format!("{n} is outside 16..=1048576 bytes"));
+    }
+    Ok(n)
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}' (write e.g. 512, 64KiB, 16MiB)"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+fn config(cli: Cli) -> Result<ServerConfig> {
+    let allowed = allowed_cpus();
+    let cpus = match cli.cores {
+        Some(CpuList(list)) => {
+            if let Some(c) = list.iter().find(|c| !allowed.contains(c)) {
+                bail!(
+                    "--cores names CPU {c}, but this process may run only on {}",
+                    allowed
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+            list
+        }
+        None => allowed,
+    };
+    let workers = cli.workers.unwrap_or(cpus.len()).max(1);
+    if workers > 1024 {
+        bail!("--workers {workers} is more than 1024");
+    }
+    Ok(ServerConfig {
+        listen: cli.listen,
+        workers,
+        cpus,
+        pin: !cli.no_pin,
+        max_sessions: cli.max_sessions,
+        idle_timeout: cli.idle_timeout.max(Duration::from_millis(10)),
+        max_frame: cli.max_frame,
+        spill_budget: cli.spill_budget,
+        backlog: cli.backlog.max(1),
+        stats_interval: cli.stats_interval,
+        stats_json: cli.stats_json,
+        join: cli.join,
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = config(cli).and_then(|c| server::run(c).context("server stopped"));
+    if let Err(e) = result {
+        // One line: the outermost context is noise when the cause says it all.
+        let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        eprintln!("c10m-server: error: {root}");
+        std::process::exit(1);
+    }
+}

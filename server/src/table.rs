@@ -42,12 +42,12 @@ pub struct Session<H> {
 pub struct Token(pub u64);
 
 impl Token {
-    pub fn new(key: u32, generation: u32) -> Self {
-        Token(u64::from(generation) << 32 | u64::from(key))
+    pub const fn new(key: u32, generation: u32) -> Self {
+        Token((generation as u64) << 32 | key as u64)
     }
 
     /// A token for a reserved (non-session) key, generation 0.
-    pub fn reserved(offset: u32) -> Self {
+    pub const fn reserved(offset: u32) -> Self {
         Token::new(FIRST_RESERVED_KEY + offset, 0)
     }
 

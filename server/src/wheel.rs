@@ -14,7 +14,9 @@
 //! - [`DeadlineWheel::remove`] unlinks a key in O(1) (always call it before
 //!   the key's record is freed).
 //! - [`DeadlineWheel::expire`] visits only the slots whose tick has passed
-//!   since the last call and returns the keys whose deadline is due. With at
+//!   since the last call and returns the keys whose deadline is due, still
+//!   linked: the caller must [`DeadlineWheel::remove`] (or touch) each of
+//!   them before calling `expire` again, as closing a session does. With at
 //!   least `timeout + 1` slots (the constructor guarantees it), a slot holds
 //!   only keys due at exactly its tick, so the work is proportional to what
 //!   expires. A key found in a slot with a later deadline (possible only if
@@ -120,7 +122,8 @@ impl DeadlineWheel {
         self.len -= 1;
     }
 
-    /// Unlinks every key due at or before `now` and appends it to `due`.
+    /// Appends to `due` every key due at or before `now`. The keys stay
+    /// linked until the caller removes them (see the module contract).
     pub fn expire<L: Links>(&mut self, links: &mut L, now: u32, due: &mut Vec<u32>) {
         let behind = now.wrapping_sub(self.expired_through);
         if behind == 0 || behind > u32::MAX / 2 {
@@ -135,8 +138,6 @@ impl DeadlineWheel {
                 let link = *links.link(key);
                 // Due when the deadline is not after `now` (wrapping compare).
                 if now.wrapping_sub(link.deadline) <= u32::MAX / 2 {
-                    self.unlink(links, key);
-                    self.len -= 1;
                     due.push(key);
                 }
                 key = link.next;
@@ -184,6 +185,12 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
+    fn remove_all(wheel: &mut DeadlineWheel, links: &mut Vec<Link>, due: &mut Vec<u32>) {
+        for key in due.drain(..) {
+            wheel.remove(links, key);
+        }
+    }
+
     #[test]
     fn idle_keys_expire_exactly_at_their_deadline() {
         let mut links = vec![Link::default(); 4];
@@ -196,10 +203,11 @@ mod tests {
         assert!(due.is_empty());
         wheel.expire(&mut links, 10, &mut due);
         assert_eq!(due, [0]);
-        due.clear();
+        remove_all(&mut wheel, &mut links, &mut due);
         wheel.expire(&mut links, 12, &mut due);
         due.sort_unstable();
         assert_eq!(due, [1, 2]);
+        remove_all(&mut wheel, &mut links, &mut due);
         assert_eq!(wheel.len(), 1);
     }
 
@@ -215,11 +223,12 @@ mod tests {
         let mut due = Vec::new();
         wheel.expire(&mut links, 5, &mut due);
         assert_eq!(due, [2]);
-        due.clear();
+        remove_all(&mut wheel, &mut links, &mut due);
         wheel.expire(&mut links, 8, &mut due);
         assert!(due.is_empty());
         wheel.expire(&mut links, 9, &mut due);
         assert_eq!(due, [0]);
+        remove_all(&mut wheel, &mut links, &mut due);
         assert!(wheel.is_empty());
     }
 
@@ -264,6 +273,7 @@ mod tests {
             for &k in &due {
                 model[k as usize] = None;
             }
+            remove_all(&mut wheel, &mut links, &mut due);
             assert_eq!(wheel.len(), model.iter().filter(|d| d.is_some()).count());
         }
     }
@@ -279,6 +289,7 @@ mod tests {
         // Jump far past a whole lap of the wheel.
         wheel.expire(&mut links, 1000, &mut due);
         assert_eq!(due.len(), 100);
+        remove_all(&mut wheel, &mut links, &mut due);
         assert!(wheel.is_empty());
     }
 

@@ -19,7 +19,10 @@ fn pipelined_and_split_requests_are_answered_in_order() {
     let mut c = core(10, 1024);
     let key = c.open(7, 0).key();
     let mut out = Vec::new();
-    assert_eq!(c.ingest(key, 0, b"PING\r\nPING a\r\nPI", &mut out), Verdict::Open);
+    assert_eq!(
+        c.ingest(key, 0, b"PING\r\nPING a\r\nPI", &mut out),
+        Verdict::Open
+    );
     assert_eq!(out, b"+PONG\r\n$1\r\na\r\n");
     assert_eq!(c.spill_bytes(), 2, "the partial frame is spilled");
     out.clear();
@@ -36,11 +39,17 @@ fn quit_and_protocol_errors_close_only_that_session() {
     let a = c.open(1, 0).key();
     let b = c.open(2, 0).key();
     let mut out = Vec::new();
-    assert_eq!(c.ingest(a, 0, b"*1\r\n?", &mut out), Verdict::Close(CloseReason::Protocol));
+    assert_eq!(
+        c.ingest(a, 0, b"*1\r\n?", &mut out),
+        Verdict::Close(CloseReason::Protocol)
+    );
     assert!(out.starts_with(b"-ERR Protocol error:"));
     assert_eq!(c.close(a, CloseReason::Protocol), 1);
     out.clear();
-    assert_eq!(c.ingest(b, 0, b"QUIT\r\n", &mut out), Verdict::Close(CloseReason::Peer));
+    assert_eq!(
+        c.ingest(b, 0, b"QUIT\r\n", &mut out),
+        Verdict::Close(CloseReason::Peer)
+    );
     assert_eq!(out, b"+OK\r\n");
     c.close(b, CloseReason::Peer);
     assert_eq!(c.counters.closed(CloseReason::Protocol), 1);
@@ -69,7 +78,10 @@ fn a_session_over_the_spill_budget_is_closed_as_overflow() {
     let key = c.open(1, 0).key();
     let mut out = Vec::new();
     c.ingest(key, 0, b"PING\r\nPING\r\n", &mut out);
-    assert_eq!(c.after_write(key, &out, 0), Verdict::Close(CloseReason::Overflow));
+    assert_eq!(
+        c.after_write(key, &out, 0),
+        Verdict::Close(CloseReason::Overflow)
+    );
     c.close(key, CloseReason::Overflow);
     assert_eq!(c.spill_bytes(), 0, "closing frees what it held");
 }
@@ -90,7 +102,10 @@ fn idle_sessions_are_evicted_and_heartbeats_keep_them() {
             c.close(key, CloseReason::Evicted);
         }
         if now < 5 {
-            assert!(due.is_empty(), "nothing due before the timeout (tick {now})");
+            assert!(
+                due.is_empty(),
+                "nothing due before the timeout (tick {now})"
+            );
         }
         if now == 5 {
             assert_eq!(due, [quiet]);

@@ -1,0 +1,106 @@
+//! Host limits that decide how many sessions one process can hold:
+//! RLIMIT_NOFILE (raised soft → hard at start-up), fs.nr_open and
+//! fs.file-max. Every message names the limit, its value and the fix.
+#![forbid(unsafe_code)]
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Descriptors kept back from sessions: stdio, and per worker an epoll
+/// instance, its waker and its listener, plus slack for a rejected
+/// connection in flight, /proc reads and the stats file.
+pub fn reserved_fds(workers: usize) -> u64 {
+    16 + 4 * workers as u64
+}
+
+/// RLIMIT_NOFILE before and after raising the soft limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoFile {
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (needs no privilege).
+pub fn raise_nofile() -> nix::Result<NoFile> {
+    let (soft_before, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft_before < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    Ok(NoFile {
+        soft_before,
+        soft,
+        hard,
+    })
+}
+
+/// Sessions this process can hold under its descriptor limit.
+pub fn session_capacity(nofile: &NoFile, workers: usize) -> u64 {
+    nofile.soft.saturating_sub(reserved_fds(workers))
+}
+
+/// Reads an integer sysctl such as `fs/file-max`; `None` if unreadable.
+pub fn read_sysctl(path: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The warning printed when `--max-sessions` cannot be met by one process,
+/// naming the binding limit and how to lift it.
+pub fn capacity_warning(max_sessions: u64, workers: usize, nofile: &NoFile) -> Option<String> {
+    let capacity = session_capacity(nofile, workers);
+    if max_sessions <= capacity {
+        return None;
+    }
+    let need = max_sessions + reserved_fds(workers);
+    let mut msg = format!(
+        "warning: --max-sessions {max_sessions} cannot be met: RLIMIT_NOFILE is {} (hard {}), \
+         {max_sessions} sessions need {need} descriptors; this process holds at most {capacity}. ",
+        nofile.soft, nofile.hard
+    );
+    let nr_open = read_sysctl("fs/nr_open");
+    if nofile.soft == nofile.hard {
+        msg.push_str(
+            "Raise the hard limit (LimitNOFILE= in the systemd unit, or a nofile line in \
+             /etc/security/limits.conf; needs CAP_SYS_RESOURCE), or spread the sessions over \
+             several processes",
+        );
+        if let Some(nr_open) = nr_open.filter(|n| *n < need) {
+            msg.push_str(&format!(
+                "; fs.nr_open is {nr_open}, so also raise it (sysctl -w fs.nr_open={need})"
+            ));
+        }
+        msg.push('.');
+    }
+    Some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_keeps_descriptors_back_for_the_server_itself() {
+        let n = NoFile {
+            soft_before: 1024,
+            soft: 20000,
+            hard: 20000,
+        };
+        assert_eq!(session_capacity(&n, 2), 20000 - 24);
+        assert!(capacity_warning(15_000, 2, &n).is_none());
+        let w = capacity_warning(1_000_000, 2, &n).unwrap();
+        assert!(w.contains("RLIMIT_NOFILE is 20000"), "{w}");
+        assert!(w.contains("1000024 descriptors"), "{w}");
+        assert!(w.contains("LimitNOFILE"), "{w}");
+    }
+
+    #[test]
+    fn raising_nofile_reaches_the_hard_limit() {
+        let n = raise_nofile().unwrap();
+        assert_eq!(n.soft, n.hard);
+    }
+}

@@ -1,0 +1,195 @@
+//! The server process: binds the listeners, starts one worker per core,
+//! prints stats each interval, and stops cleanly on SIGINT/SIGTERM.
+//!
+//! Start-up order matters for honest numbers: the RSS baseline (the
+//! "0 sessions, warmed up" reading of MEASURING.md) is taken after every
+//! worker has allocated its buffers and before the listeners are announced,
+//! so RSS growth divided by sessions is the cost of sessions alone.
+
+use crate::admission::Admission;
+use crate::core::CoreConfig;
+use crate::limits::{self, NoFile};
+use crate::listen::bind_listeners;
+use crate::stats::{ProcessUsage, Report, WorkerStats};
+use crate::sys::{self, RunningWorker, WorkerSetup};
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything the server needs to run (the CLI builds it).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// CPUs to pin workers to, in order (worker i → cpus[i % len]).
+    pub cpus: Vec<usize>,
+    pub pin: bool,
+    /// `None`: as many as the descriptor limit allows.
+    pub max_sessions: Option<u64>,
+    pub idle_timeout: Duration,
+    pub max_frame: usize,
+    pub spill_budget: usize,
+    pub backlog: i32,
+    pub stats_interval: Duration,
+    pub stats_json: Option<PathBuf>,
+    /// Share a port other processes already listen on (SO_REUSEPORT).
+    pub join: bool,
+}
+
+/// Wheel tick: 1/64 of the idle timeout, between 10 ms and 1 s, so
+/// eviction is at most ~1.5 % late and a 600 s timeout uses 1 s ticks.
+pub fn tick_for(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 64).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+fn idle_ticks(idle_timeout: Duration, tick: Duration) -> u32 {
+    let ticks = idle_timeout.as_nanos().div_ceil(tick.as_nanos());
+    u32::try_from(ticks)
+        .unwrap_or(u32::MAX / 4)
+        .min(u32::MAX / 4)
+}
+
+/// Runs the server until SIGINT/SIGTERM. Returns the final report.
+pub fn run(config: ServerConfig) -> Result<Report> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
+    let capacity = limits::session_capacity(&nofile, config.workers);
+    let max_sessions = config.max_sessions.unwrap_or(capacity);
+    announce_limits(&nofile, capacity);
+    if let Some(warning) = limits::capacity_warning(max_sessions, config.workers, &nofile) {
+        eprintln!("c10m-server: {warning}");
+    }
+
+    let (listeners, bound) =
+        bind_listeners(config.listen, config.workers, config.backlog, config.join)?;
+    let admission = Arc::new(Admission::new(max_sessions));
+    let tick = tick_for(config.idle_timeout);
+    let core = CoreConfig {
+        max_frame: config.max_frame,
+        idle_timeout_ticks: idle_ticks(config.idle_timeout, tick),
+        spill_budget: config.spill_budget,
+        capacity: (max_sessions as usize / config.workers.max(1)).min(1 << 24) + 1024,
+    };
+    let mut stats = Vec::new();
+    let mut workers: Vec<RunningWorker> = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let worker_stats = Arc::new(WorkerStats::default());
+        stats.push(worker_stats.clone());
+        let setup = WorkerSetup {
+            id,
+            cpu: config
+                .pin
+                .then(|| config.cpus.get(id % config.cpus.len().max(1)).copied())
+                .flatten(),
+            listener,
+            core,
+            tick,
+            admission: admission.clone(),
+            stats: worker_stats,
+            stop: stop.clone(),
+        };
+        workers.push(sys::epoll::spawn(setup).context("starting a worker")?);
+    }
+    // Let the workers allocate their buffers before the baseline reading.
+    std::thread::sleep(Duration::from_millis(50));
+    let baseline = ProcessUsage::read().rss_bytes;
+    let started = Instant::now();
+    println!(
+        "c10m-server listening on {bound} backend=epoll workers={} cpus={} max_sessions={max_sessions} \
+         idle_timeout={} max_frame={} pid={}",
+        config.workers,
+        if config.pin { cpu_list(&config.cpus) } else { "unpinned".into() },
+        humantime::format_duration(config.idle_timeout),
+        config.max_frame,
+        std::process::id(),
+    );
+    flush_stdout();
+
+    let report = |stats: &[Arc<WorkerStats>]| {
+        let mut r = Report::new(
+            stats.iter().map(|s| s.snapshot()).collect(),
+            ProcessUsage::read(),
+            baseline,
+        );
+        r.uptime_s = started.elapsed().as_secs_f64();
+        r.max_sessions = max_sessions;
+        r
+    };
+    let mut last: Option<Report> = None;
+    let mut next_line = started + config.stats_interval;
+    let mut failure = None;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(i) = workers.iter().position(|w| w.thread.is_finished()) {
+            let w = workers.remove(i);
+            failure = Some(match w.thread.join() {
+                Ok(Ok(())) => anyhow::anyhow!("worker {i} stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::anyhow!("worker {i} failed: {e}"),
+                Err(_) => anyhow::anyhow!("worker {i} panicked"),
+            });
+            break;
+        }
+        if !config.stats_interval.is_zero() && Instant::now() >= next_line {
+            let r = report(&stats);
+            println!("{}", r.line(last.as_ref()));
+            flush_stdout();
+            last = Some(r);
+            next_line += config.stats_interval;
+        }
+    }
+
+    // Stop: every worker stops accepting, closes its sessions, publishes.
+    stop.store(true, Ordering::Relaxed);
+    for w in &workers {
+        let _ = (w.wake)();
+    }
+    for w in workers {
+        match w.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("c10m-server: worker failed while stopping: {e}"),
+            Err(_) => eprintln!("c10m-server: worker panicked while stopping"),
+        }
+    }
+    let final_report = report(&stats);
+    println!("final {}", final_report.line(None));
+    flush_stdout();
+    if let Some(path) = &config.stats_json {
+        let json = serde_json::to_string_pretty(&final_report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing stats to {}", path.display()))?;
+    }
+    if let Some(e) = failure {
+        bail!(e);
+    }
+    Ok(final_report)
+}
+
+fn announce_limits(nofile: &NoFile, capacity: u64) {
+    let raised = if nofile.soft_before < nofile.soft {
+        format!(" (soft raised from {})", nofile.soft_before)
+    } else {
+        String::new()
+    };
+    println!(
+        "c10m-server: RLIMIT_NOFILE soft={} hard={}{raised}; this process can hold {capacity} sessions",
+        nofile.soft, nofile.hard
+    );
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn flush_stdout() {
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,334 @@
+//! Statistics: per-worker counters published without locks, and the
+//! process-wide report printed each interval and written as JSON on exit.
+//!
+//! Each worker owns one [`WorkerStats`] (on its own cache line) and is its
+//! only writer: it stores its plain [`Counters`] into the atomics once per
+//! loop turn. The stats thread reads them with relaxed loads; a report may
+//! mix values from two adjacent turns, which is fine for counters.
+#![forbid(unsafe_code)]
+
+use crate::core::{CloseReason, Counters};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// One worker's published counters and gauges.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    sessions_open: AtomicU64,
+    spill_bytes: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    closed: [AtomicU64; 6],
+    heartbeats: AtomicU64,
+    commands: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    spilled_frames: AtomicU64,
+    spilled_writes: AtomicU64,
+    accept_errors_fd: AtomicU64,
+}
+
+/// Counters and gauges at one moment: of one worker, or summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub sessions_open: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub closed: Closed,
+    pub heartbeats: u64,
+    pub commands: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub spill_bytes: u64,
+    pub spilled_frames: u64,
+    pub spilled_writes: u64,
+    pub accept_errors_fd: u64,
+}
+
+/// Sessions closed, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    pub peer: u64,
+    pub evicted: u64,
+    pub protocol: u64,
+    pub reset: u64,
+    pub overflow: u64,
+    pub shutdown: u64,
+}
+
+impl WorkerStats {
+    /// Called by the owning worker only.
+    pub fn publish(&self, c: &Counters, sessions_open: usize, spill_bytes: usize) {
+        self.sessions_open.store(sessions_open as u64, Relaxed);
+        self.spill_bytes.store(spill_bytes as u64, Relaxed);
+        self.accepted.store(c.accepted, Relaxed);
+        self.rejected.store(c.rejected, Relaxed);
+        for (slot, value) in self.closed.iter().zip(c.closed) {
+            slot.store(value, Relaxed);
+        }
+        self.heartbeats.store(c.heartbeats, Relaxed);
+        self.commands.store(c.commands, Relaxed);
+        self.bytes_in.store(c.bytes_in, Relaxed);
+        self.bytes_out.store(c.bytes_out, Relaxed);
+        self.spilled_frames.store(c.spilled_frames, Relaxed);
+        self.spilled_writes.store(c.spilled_writes, Relaxed);
+        self.accept_errors_fd.store(c.accept_errors_fd, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let closed = |r: CloseReason| self.closed[r as usize].load(Relaxed);
+        Snapshot {
+            sessions_open: self.sessions_open.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            closed: Closed {
+                peer: closed(CloseReason::Peer),
+                evicted: closed(CloseReason::Evicted),
+                protocol: closed(CloseReason::Protocol),
+                reset: closed(CloseReason::Reset),
+                overflow: closed(CloseReason::Overflow),
+                shutdown: closed(CloseReason::Shutdown),
+            },
+            heartbeats: self.heartbeats.load(Relaxed),
+            commands: self.commands.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            spill_bytes: self.spill_bytes.load(Relaxed),
+            spilled_frames: self.spilled_frames.load(Relaxed),
+            spilled_writes: self.spilled_writes.load(Relaxed),
+            accept_errors_fd: self.accept_errors_fd.load(Relaxed),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Closed {
+    fn add_assign(&mut self, o: Closed) {
+        self.peer += o.peer;
+        self.evicted += o.evicted;
+        self.protocol += o.protocol;
+        self.reset += o.reset;
+        self.overflow += o.overflow;
+        self.shutdown += o.shutdown;
+    }
+}
+
+impl std::ops::AddAssign for Snapshot {
+    fn add_assign(&mut self, o: Snapshot) {
+        self.sessions_open += o.sessions_open;
+        self.accepted += o.accepted;
+        self.rejected += o.rejected;
+        self.closed += o.closed;
+        self.heartbeats += o.heartbeats;
+        self.commands += o.commands;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.spill_bytes += o.spill_bytes;
+        self.spilled_frames += o.spilled_frames;
+        self.spilled_writes += o.spilled_writes;
+        self.accept_errors_fd += o.accept_errors_fd;
+    }
+}
+
+impl std::iter::Sum for Snapshot {
+    fn sum<I: Iterator<Item = Snapshot>>(iter: I) -> Snapshot {
+        let mut total = Snapshot::default();
+        for s in iter {
+            total += s;
+        }
+        total
+    }
+}
+
+/// The process report: the `--stats-json` file and the per-interval line.
+/// Key names are part of the results schema (DESIGN.md): add, never rename.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub totals: Snapshot,
+    pub uptime_s: f64,
+    pub max_sessions: u64,
+    /// VmRSS of this process now.
+    pub rss_bytes: u64,
+    /// VmRSS once the workers were up, before any session.
+    pub rss_baseline_bytes: u64,
+    /// (rss_bytes − rss_baseline_bytes) / sessions_open; 0 with no session.
+    pub rss_bytes_per_session: f64,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    pub workers: Vec<Snapshot>,
+}
+
+impl Report {
+    /// Builds a report from worker snapshots and process readings.
+    pub fn new(workers: Vec<Snapshot>, process: ProcessUsage, baseline_rss: u64) -> Report {
+        let totals: Snapshot = workers.iter().copied().sum();
+        let growth = process.rss_bytes.saturating_sub(baseline_rss) as f64;
+        Report {
+            totals,
+            uptime_s: 0.0,
+            max_sessions: 0,
+            rss_bytes: process.rss_bytes,
+            rss_baseline_bytes: baseline_rss,
+            rss_bytes_per_session: if totals.sessions_open == 0 {
+                0.0
+            } else {
+                growth / totals.sessions_open as f64
+            },
+            cpu_user_s: process.cpu_user_s,
+            cpu_sys_s: process.cpu_sys_s,
+            workers,
+        }
+    }
+
+    /// One line for humans and scripts: `key=value` pairs, rates over
+    /// `since` (the previous report) when given.
+    pub fn line(&self, since: Option<&Report>) -> String {
+        let t = &self.totals;
+        let (dt, prev_hb, prev_acc) = match since {
+            Some(p) => (
+                self.uptime_s - p.uptime_s,
+                p.totals.heartbeats,
+                p.totals.accepted,
+            ),
+            None => (self.uptime_s, 0, 0),
+        };
+        let rate = |now: u64, before: u64| {
+            if dt > 0.0 {
+                (now.saturating_sub(before)) as f64 / dt
+            } else {
+                0.0
+            }
+        };
+        format!(
+            "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} \
+             closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{} \
+             heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
+             rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s",
+            self.uptime_s,
+            t.sessions_open,
+            t.accepted,
+            rate(t.accepted, prev_acc),
+            t.rejected,
+            t.closed.peer,
+            t.closed.evicted,
+            t.closed.protocol,
+            t.closed.reset,
+            t.closed.overflow,
+            t.closed.shutdown,
+            t.heartbeats,
+            rate(t.heartbeats, prev_hb),
+            t.bytes_in,
+            t.bytes_out,
+            t.spill_bytes,
+            t.accept_errors_fd,
+            self.rss_bytes,
+            self.rss_bytes_per_session,
+            self.cpu_user_s,
+            self.cpu_sys_s,
+        )
+    }
+}
+
+/// Memory and CPU of this process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessUsage {
+    pub rss_bytes: u64,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+}
+
+impl ProcessUsage {
+    /// Reads VmRSS from /proc/self/status and CPU times from getrusage.
+    /// A missing /proc reads as 0 RSS rather than failing the server.
+    pub fn read() -> ProcessUsage {
+        let rss_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| parse_vm_rss(&s))
+            .unwrap_or(0);
+        let (cpu_user_s, cpu_sys_s) =
+            match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+                Ok(u) => (seconds(u.user_time()), seconds(u.system_time())),
+                Err(_) => (0.0, 0.0),
+            };
+        ProcessUsage {
+            rss_bytes,
+            cpu_user_s,
+            cpu_sys_s,
+        }
+    }
+}
+
+fn seconds(t: nix::sys::time::TimeVal) -> f64 {
+    t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6
+}
+
+/// VmRSS in bytes from the text of /proc/PID/status.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_counters_come_back_in_a_snapshot_and_sum() {
+        let stats = WorkerStats::default();
+        let mut c = Counters {
+            accepted: 5,
+            heartbeats: 9,
+            ..Counters::default()
+        };
+        c.closed[CloseReason::Evicted as usize] = 2;
+        stats.publish(&c, 3, 10);
+        let s = stats.snapshot();
+        assert_eq!((s.accepted, s.heartbeats, s.closed.evicted), (5, 9, 2));
+        assert_eq!((s.sessions_open, s.spill_bytes), (3, 10));
+        let total: Snapshot = [s, s].into_iter().sum();
+        assert_eq!((total.accepted, total.closed.evicted), (10, 4));
+    }
+
+    #[test]
+    fn rss_per_session_is_growth_over_baseline() {
+        let w = Snapshot {
+            sessions_open: 1000,
+            ..Snapshot::default()
+        };
+        let usage = ProcessUsage {
+            rss_bytes: 1_064_000,
+            ..ProcessUsage::default()
+        };
+        let r = Report::new(vec![w], usage, 1_000_000);
+        assert_eq!(r.rss_bytes_per_session, 64.0);
+        let json = serde_json::to_value(&r).unwrap();
+        for key in [
+            "sessions_open",
+            "accepted",
+            "rejected",
+            "heartbeats",
+            "bytes_in",
+            "bytes_out",
+            "spill_bytes",
+            "rss_bytes",
+            "rss_bytes_per_session",
+            "cpu_user_s",
+            "cpu_sys_s",
+        ] {
+            assert!(json.get(key).is_some(), "missing key {key}");
+        }
+        for key in ["peer", "evicted", "protocol", "reset"] {
+            assert!(json["closed"].get(key).is_some(), "missing closed.{key}");
+        }
+    }
+
+    #[test]
+    fn vm_rss_parses_from_proc_status() {
+        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmRSS:\t    2048 kB\nThreads: 3\n";
+        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(ProcessUsage::read().rss_bytes > 0);
+    }
+}

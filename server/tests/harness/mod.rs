@@ -1,0 +1,239 @@
+//! Test harness: runs the real `c10m-server` binary as a child process on
+//! port 0, reads the bound address from its start-up line, collects its
+//! stdout, and stops it with SIGTERM. A server left running by a failed
+//! test is killed on drop.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// The test process has one RLIMIT_NOFILE for all tests running in it:
+/// the test that holds 15 000 sockets runs alone (write lock); the others
+/// share (read lock).
+static DESCRIPTORS: RwLock<()> = RwLock::new(());
+
+pub fn light() -> RwLockReadGuard<'static, ()> {
+    DESCRIPTORS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn heavy() -> RwLockWriteGuard<'static, ()> {
+    DESCRIPTORS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The backends every test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Epoll,
+}
+
+impl Backend {
+    fn args(self) -> Vec<String> {
+        match self {
+            Backend::Epoll => vec![],
+        }
+    }
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stats: Value,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Server {
+    pub fn start(backend: Backend, args: &[&str]) -> Server {
+        Self::start_with(backend, args, |_| {})
+    }
+
+    /// Starts the server; `tweak` may adjust the command (e.g. limits).
+    pub fn start_with(backend: Backend, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_c10m-server"));
+        cmd.args(["--listen", "127.0.0.1:0", "--stats-interval", "100ms"])
+            .arg("--stats-json")
+            .arg(dir.path().join("stats.json"))
+            .args(backend.args())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn c10m-server");
+        let pid = child.id();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let err_sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = err_sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "server printed no start-up line; stderr: {}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            child,
+            addr,
+            pid,
+            lines,
+            stderr,
+            dir,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Waits for a stats line whose `key=` value satisfies `pred`; returns it.
+    pub fn wait_stat(&self, key: &str, pred: impl Fn(u64) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("stats ") && stat(l, key).is_some_and(&pred))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            if Instant::now() > deadline {
+                let last = self.lines.lock().unwrap().last().cloned();
+                panic!("no stats line with a matching {key}= within {timeout:?}; last: {last:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// CPU time (user + system) the server has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// SIGTERM, wait (bounded), and read the stats JSON.
+    pub fn stop(mut self) -> Stopped {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.wait(Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50)); // let the readers finish
+        let path = self.dir.path().join("stats.json");
+        let stats = std::fs::read_to_string(&path)
+            .map(|s| serde_json::from_str(&s).expect("stats JSON parses"))
+            .unwrap_or(Value::Null);
+        Stopped {
+            status,
+            stats,
+            stdout: self.lines.lock().unwrap().clone(),
+            stderr: self.stderr.lock().unwrap().clone(),
+        }
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of `key=` in a stats line.
+pub fn stat(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends `request` and reads exactly `want.len()` bytes of reply.
+pub fn roundtrip(s: &mut TcpStream, request: &[u8], want: &[u8]) {
+    s.write_all(request).unwrap();
+    let got = read_exact_len(s, want.len());
+    assert_eq!(
+        got.escape_ascii().to_string(),
+        want.escape_ascii().to_string()
+    );
+}
+
+pub fn read_exact_len(s: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).expect("reply");
+    buf
+}
+
+/// Reads until EOF (or error); returns what arrived.
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
+}

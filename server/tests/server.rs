@@ -1,0 +1,362 @@
+//! Integration tests: the real `c10m-server` binary on loopback, every case
+//! on every backend (`backend_tests!` generates one test per backend).
+
+mod harness;
+
+use harness::{heavy, light, read_exact_len, read_to_close, roundtrip, stat, Backend, Server};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(super::Backend::Epoll) } )*
+        }
+    };
+}
+
+backend_tests!(
+    holds_15000_sessions_and_answers_each,
+    redis_cli_gets_pong,
+    pipelined_inline_and_multibulk_requests,
+    slow_writer_one_byte_at_a_time_is_answered,
+    garbage_writer_is_closed_and_neighbours_keep_working,
+    idle_session_is_evicted_and_heartbeating_one_kept,
+    sigterm_closes_sessions_and_writes_stats,
+    port_in_use_is_a_one_line_error,
+    max_sessions_rejects_the_excess,
+    reader_that_stops_reading_is_bounded_then_served,
+    descriptor_exhaustion_pauses_accept_without_spinning,
+);
+
+fn holds_15000_sessions_and_answers_each(backend: Backend) {
+    const N: usize = 15_000;
+    let _fds = heavy();
+    let server = Server::start(backend, &["--workers", "2"]);
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        clients.push(server.connect());
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        write!(c, "PING {i}\r\n").unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
+        assert_eq!(
+            read_exact_len(c, want.len()),
+            want.as_bytes(),
+            "session {i}"
+        );
+    }
+    let line = server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
+    assert_eq!(stat(&line, "accepted"), Some(N as u64), "{line}");
+    server.wait_stat("heartbeats", |v| v == N as u64, Duration::from_secs(10));
+    let stopped = server.stop();
+    assert!(stopped.status.success());
+    assert_eq!(stopped.stats["closed"]["shutdown"], N as u64);
+    assert_eq!(stopped.stats["heartbeats"], N as u64);
+    // Both workers took a share: SO_REUSEPORT spread the connections.
+    let workers = stopped.stats["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert!(w["accepted"].as_u64().unwrap() > 1000, "{w}");
+    }
+}
+
+fn redis_cli_gets_pong(backend: Backend) {
+    let _fds = light();
+    let Some(cli) = which("redis-cli") else {
+        // CI installs redis-tools (.ci/run); there a missing client is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-cli is missing in CI: apt-get install redis-tools"
+        );
+        eprintln!(
+            "SKIPPED redis_cli_gets_pong: redis-cli not installed (apt-get install redis-tools)"
+        );
+        return;
+    };
+    let server = Server::start(backend, &[]);
+    let port = server.addr.port().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&["ping"]), "PONG\n");
+    assert_eq!(run(&["ping", "hello world"]), "hello world\n");
+    assert_eq!(run(&["echo", "x y"]), "x y\n");
+    assert!(run(&["get", "k"]).contains("unknown command 'get'"));
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["heartbeats"], 3);
+}
+
+fn pipelined_inline_and_multibulk_requests(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &[]);
+    let mut c = server.connect();
+    roundtrip(
+        &mut c,
+        b"PING\r\nping hi\n*2\r\n$4\r\nECHO\r\n$3\r\na b\r\nSET k v\r\nECHO\r\n\r\n*0\r\nPING\r\n",
+        b"+PONG\r\n$2\r\nhi\r\n$3\r\na b\r\n-ERR unknown command 'SET'\r\n\
+          -ERR wrong number of arguments for 'echo' command\r\n+PONG\r\n",
+    );
+    c.write_all(b"QUIT\r\nPING\r\n").unwrap();
+    assert_eq!(
+        read_to_close(&mut c),
+        b"+OK\r\n",
+        "QUIT answers then closes"
+    );
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["closed"]["peer"], 1);
+    assert_eq!(stopped.stats["heartbeats"], 4);
+}
+
+fn slow_writer_one_byte_at_a_time_is_answered(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &[]);
+    let mut slow = server.connect();
+    let mut other = server.connect();
+    let request = b"*2\r\n$4\r\nPING\r\n$5\r\nhello\r\n";
+    for (i, byte) in request.iter().enumerate() {
+        slow.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        if i == 10 {
+            roundtrip(&mut other, b"PING\r\n", b"+PONG\r\n");
+        }
+    }
+    assert_eq!(read_exact_len(&mut slow, 11), b"$5\r\nhello\r\n");
+    let stopped = server.stop();
+    assert!(stopped.stats["spilled_frames"].as_u64().unwrap() >= 10);
+    assert_eq!(stopped.stats["spill_bytes"], 0);
+}
+
+fn garbage_writer_is_closed_and_neighbours_keep_working(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &[]);
+    let mut good: Vec<TcpStream> = (0..3).map(|_| server.connect()).collect();
+    for g in &mut good {
+        roundtrip(g, b"PING\r\n", b"+PONG\r\n");
+    }
+    let mut bad = server.connect();
+    bad.write_all(b"*1\r\n%4\r\nPING\r\n").unwrap();
+    assert_eq!(
+        read_to_close(&mut bad),
+        b"-ERR Protocol error: expected '$', got '%'\r\n"
+    );
+    // Random bytes with no line end: refused at the frame limit.
+    let mut noise = server.connect();
+    let junk: Vec<u8> = (0..600u32).map(|i| (i * 7 + 3) as u8 | 0x80).collect();
+    noise.write_all(&junk).unwrap();
+    let reply = read_to_close(&mut noise);
+    assert!(
+        reply.starts_with(b"-ERR Protocol error: frame exceeds the maximum of 512 bytes"),
+        "{}",
+        reply.escape_ascii()
+    );
+    for g in &mut good {
+        roundtrip(g, b"PING after\r\n", b"$5\r\nafter\r\n");
+    }
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["closed"]["protocol"], 2);
+    assert_eq!(stopped.stats["closed"]["shutdown"], 3);
+}
+
+fn idle_session_is_evicted_and_heartbeating_one_kept(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &["--idle-timeout", "400ms"]);
+    let mut idle = server.connect();
+    let mut alive = server.connect();
+    let started = Instant::now();
+    idle.set_nonblocking(true).unwrap();
+    let mut evicted_at = None;
+    while started.elapsed() < Duration::from_millis(1500) {
+        roundtrip(&mut alive, b"PING\r\n", b"+PONG\r\n");
+        let mut b = [0u8; 1];
+        if evicted_at.is_none() && matches!(idle.read(&mut b), Ok(0)) {
+            evicted_at = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at = evicted_at.expect("idle session was closed");
+    assert!(
+        at >= Duration::from_millis(350) && at < Duration::from_millis(1000),
+        "evicted after {at:?}"
+    );
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["closed"]["evicted"], 1, "{}", stopped.stats);
+    assert_eq!(stopped.stats["closed"]["shutdown"], 1, "{}", stopped.stats);
+}
+
+fn sigterm_closes_sessions_and_writes_stats(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &[]);
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        roundtrip(c, b"PING\r\n", b"+PONG\r\n");
+    }
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+    assert_eq!(stopped.stats["closed"]["shutdown"], 10);
+    assert_eq!(stopped.stats["sessions_open"], 0);
+    assert!(stopped.stats["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(stopped.stdout.iter().any(|l| l.starts_with("final stats ")));
+    for c in &mut clients {
+        assert_eq!(read_to_close(c), b"", "the server closed every session");
+    }
+}
+
+fn port_in_use_is_a_one_line_error(backend: Backend) {
+    let _fds = light();
+    let first = Server::start(backend, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_c10m-server"))
+        .args([
+            "--listen",
+            &first.addr.to_string(),
+            "--stats-interval",
+            "0s",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(stderr.contains(&first.addr.to_string()), "{stderr}");
+}
+
+fn max_sessions_rejects_the_excess(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &["--max-sessions", "5"]);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| server.connect()).collect();
+    let mut answered = 0;
+    let mut closed = 0;
+    for c in &mut clients {
+        let _ = c.write_all(b"PING\r\n");
+        let mut buf = [0u8; 7];
+        match c.read_exact(&mut buf) {
+            Ok(()) if &buf == b"+PONG\r\n" => answered += 1,
+            _ => closed += 1,
+        }
+    }
+    assert_eq!((answered, closed), (5, 3));
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["rejected"], 3);
+    assert_eq!(stopped.stats["accepted"], 5);
+}
+
+/// A client that writes many requests without reading: the server's
+/// replies back up, it stops reading that session (bounded spill), and
+/// once the client reads, every reply arrives in order.
+fn reader_that_stops_reading_is_bounded_then_served(backend: Backend) {
+    let _fds = light();
+    const N: usize = 1_500_000;
+    let server = Server::start(backend, &[]);
+    // A small receive window makes the server's replies back up sooner.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = c.try_clone().unwrap();
+    let send = std::thread::spawn(move || {
+        let chunk = b"PING\r\n".repeat(1000);
+        for _ in 0..N / 1000 {
+            writer.write_all(&chunk).unwrap();
+        }
+    });
+    // Wait until the server has had to spill, without reading anything.
+    server.wait_stat("open", |v| v == 1, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reader = c;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < N * 7 {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        assert!(buf[..n].iter().all(|b| b"+PONG\r\n".contains(b)));
+        got += n;
+    }
+    send.join().unwrap();
+    assert_eq!(got, N * 7);
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["heartbeats"], N as u64);
+    assert!(stopped.stats["spilled_writes"].as_u64().unwrap() > 0);
+    assert_eq!(stopped.stats["closed"]["overflow"], 0);
+}
+
+/// Under a tiny RLIMIT_NOFILE the server runs out of descriptors: it must
+/// keep serving what it holds, count the failures, not spin, and accept
+/// the waiting connections once descriptors free up.
+fn descriptor_exhaustion_pauses_accept_without_spinning(backend: Backend) {
+    let _fds = light();
+    let server = Server::start_with(
+        backend,
+        &["--workers", "1", "--max-sessions", "1000"],
+        |cmd| {
+            cmd.env("C10M_TEST", "1");
+            limit_nofile(cmd, 48);
+        },
+    );
+    assert!(server.stderr().contains("cannot be met") || wait_for_stderr(&server, "cannot be met"));
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
+    let line = server.wait_stat("accept_fd_errors", |v| v > 0, Duration::from_secs(5));
+    let held = stat(&line, "open").unwrap() as usize;
+    assert!(held > 20 && held < 48, "{line}");
+    let cpu_before = server.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_used = server.cpu_seconds() - cpu_before;
+    assert!(
+        cpu_used < 0.3,
+        "server used {cpu_used}s of CPU while out of descriptors"
+    );
+    // Held sessions still answer.
+    for c in clients.iter_mut().take(5) {
+        roundtrip(c, b"PING\r\n", b"+PONG\r\n");
+    }
+    // Free descriptors: the waiting connections get in and are answered.
+    clients.drain(..20);
+    for c in clients.iter_mut() {
+        roundtrip(c, b"PING\r\n", b"+PONG\r\n");
+    }
+    let stopped = server.stop();
+    assert!(stopped.stats["accept_errors_fd"].as_u64().unwrap() > 0);
+    assert_eq!(stopped.stats["accepted"], 60);
+}
+
+fn wait_for_stderr(server: &Server, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if server.stderr().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn limit_nofile(cmd: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setrlimit, which is async-signal-safe; it touches no locks or
+    // allocations of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
