@@ -1,0 +1,19 @@
+//! c10m-loadgen: opens many synthetic client sessions against a RESP server
+//! and reproduces production heartbeat patterns, open loop.
+//!
+//! The logic is sans-IO and free of `unsafe`: [`model`] (what clients do, as
+//! pure functions of seed and time), [`session`] (one client's 16-byte
+//! record and state machine), [`wheel`] (deadlines), [`plan`] (4-tuple
+//! space). The IO side pumps them: [`driver`] (one mio loop per pinned
+//! thread), [`fleet`] (the drivers of one process), [`procs`] (child
+//! processes past the descriptor limit), [`run`] (the timeline of a run),
+//! [`report`] and [`progress`] (results), [`host`] (facts about this machine).
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod plan;
+pub mod session;
+pub mod wheel;
+
+#[cfg(test)]
+mod sim;
