@@ -313,6 +313,7 @@ pub fn reuseport_processes(n: u64, cap: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::{PortRange, PortSet};
 
     #[test]
     fn reuseport_sizing_leaves_room_for_the_hash() {
@@ -322,6 +323,156 @@ mod tests {
         assert_eq!(reuseport_share(1_000_000, 52), 19_786);
         assert!(reuseport_share(1_000_000, 51) > 19_900);
         assert_eq!(reuseport_share(5, 1), 5);
+    }
+
+    /// The project's test VM: 24 GiB, hard RLIMIT_NOFILE 20,000 that cannot
+    /// be raised, default sysctls, conntrack loaded but idle.
+    fn test_vm() -> HostFacts {
+        HostFacts {
+            mem_total_bytes: 24_683_584 * 1024,
+            mem_available_bytes: 24_375_668 * 1024,
+            page_size_bytes: 4096,
+            nofile_soft: 20_000,
+            nofile_hard: 20_000,
+            nofile_hard_raisable: false,
+            nr_open: 1_048_576,
+            file_max: 2_466_116,
+            files_open: 362,
+            port_range: PortRange {
+                low: 32768,
+                high: 60999,
+            },
+            reserved_ports: PortSet::default(),
+            tcp_mem_pages: [287_892, 383_858, 575_784],
+            conntrack_max: Some(262_144),
+            conntrack_count: Some(0),
+            epoll_max_user_watches: Some(5_491_378),
+        }
+    }
+
+    fn request(sessions: u64, role: Role) -> PlanRequest {
+        PlanRequest {
+            sessions,
+            role,
+            per_socket_bytes: DEFAULT_PER_SOCKET_BYTES,
+            user_bytes_per_end: DEFAULT_USER_BYTES_PER_END,
+            source_addrs: None,
+            target_ports: 1,
+            server_port: 7000,
+        }
+    }
+
+    fn has_change(plan: &Plan, text: &str) -> bool {
+        plan.changes.iter().any(|change| change.contains(text))
+    }
+
+    #[test]
+    fn unraisable_hard_limit_binds_and_splits_into_processes() {
+        let plan = compute(&request(1_000_000, Role::Both), &test_vm()).unwrap();
+        assert_eq!(plan.binding, LimitKind::NofileHard);
+        assert_eq!(plan.sockets_per_session, 2);
+        assert_eq!(plan.bytes_per_session, 2 * 3712 + 2 * 64);
+        // Conntrack tracks nothing, so tcp_mem's storm row binds host-wide.
+        assert_eq!(plan.host_binding, LimitKind::TcpMem);
+        assert_eq!(plan.host_capacity, 575_784 * 4096 / 2048);
+        assert!(!plan.fits_as_is && plan.fits_with_processes);
+        let split: Vec<(&str, u64, u64)> = plan
+            .processes
+            .iter()
+            .map(|s| (s.role, s.processes, s.sessions_each))
+            .collect();
+        assert_eq!(split, [("server", 52, 19_786), ("loadgen", 51, 19_608)]);
+        assert!(has_change(
+            &plan,
+            "cannot be raised here (no CAP_SYS_RESOURCE)"
+        ));
+        assert!(has_change(
+            &plan,
+            "run 52 server processes of at most 19,786"
+        ));
+        assert!(has_change(&plan, "only if conntrack starts tracking"));
+        assert!(plan.notes[0].contains("two sockets"));
+        assert!(plan
+            .render()
+            .contains("binds first: RLIMIT_NOFILE hard (19,900 sessions per process)"));
+    }
+
+    #[test]
+    fn a_raisable_hard_limit_is_raised_instead() {
+        let mut facts = test_vm();
+        facts.nofile_hard_raisable = true;
+        let plan = compute(&request(500_000, Role::Server), &facts).unwrap();
+        assert!(has_change(&plan, "raise RLIMIT_NOFILE to 500100"));
+        assert_eq!(plan.processes[0].processes, 1);
+        let plan = compute(&request(2_000_000, Role::Server), &facts).unwrap();
+        assert!(has_change(&plan, "set fs.nr_open >= 2000100"));
+    }
+
+    #[test]
+    fn a_low_soft_limit_is_raised_without_privilege() {
+        let mut facts = test_vm();
+        facts.nofile_soft = 1024;
+        let plan = compute(&request(10_000, Role::Server), &facts).unwrap();
+        assert_eq!(plan.binding, LimitKind::NofileSoft);
+        assert!(has_change(&plan, "raise the soft RLIMIT_NOFILE to 10100"));
+        assert!(plan.fits_with_processes);
+    }
+
+    #[test]
+    fn memory_caps_what_no_sysctl_can_fix() {
+        let plan = compute(&request(10_000_000, Role::Both), &test_vm()).unwrap();
+        assert!(!plan.fits_with_processes);
+        assert!(has_change(&plan, "memory: 10,000,000 sessions need"));
+        assert!(plan.verdict().contains("memory holds at most"));
+    }
+
+    #[test]
+    fn tracked_conntrack_binds_and_one_source_address_runs_out_of_ports() {
+        let mut facts = test_vm();
+        facts.conntrack_count = Some(44);
+        let plan = compute(&request(200_000, Role::Loadgen), &facts).unwrap();
+        assert_eq!(plan.host_binding, LimitKind::EphemeralPorts);
+        assert_eq!(plan.host_capacity, 28_232);
+        assert!(has_change(&plan, "use >= 8 source addresses"));
+        let plan = compute(&request(300_000, Role::Both), &facts).unwrap();
+        assert_eq!(plan.host_binding, LimitKind::Conntrack);
+        assert!(has_change(
+            &plan,
+            "set net.netfilter.nf_conntrack_max >= 300,044"
+        ));
+    }
+
+    #[test]
+    fn a_wide_port_range_must_reserve_the_server_port() {
+        let mut facts = test_vm();
+        facts.port_range = PortRange {
+            low: 1024,
+            high: 65535,
+        };
+        let plan = compute(&request(1000, Role::Both), &facts).unwrap();
+        assert!(has_change(
+            &plan,
+            "net.ipv4.ip_local_reserved_ports = 7000-7099"
+        ));
+        facts.reserved_ports = PortSet::parse("7000-7099").unwrap();
+        let plan = compute(&request(1000, Role::Both), &facts).unwrap();
+        assert!(plan.fits_as_is);
+        assert!(has_change(&plan, "nothing: 1,000 sessions fit"));
+    }
+
+    #[test]
+    fn impossible_inputs_are_errors() {
+        assert!(matches!(
+            compute(&request(0, Role::Both), &test_vm()),
+            Err(PlanError::Zero { .. })
+        ));
+        let mut facts = test_vm();
+        facts.nofile_hard = 64;
+        let err = compute(&request(1, Role::Both), &facts).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "RLIMIT_NOFILE allows 64 descriptors per process; a process needs more than 100 for itself"
+        );
     }
 
     #[test]
