@@ -1,4 +1,4 @@
-//! `apply` and `rollback`.
+//! `apply`: write a profile, saving the values it replaces.
 //!
 //! apply, in order:
 //! 1. the profile is already parsed and validated (nothing written from a
@@ -14,10 +14,7 @@
 //!    keys already changed (newest first), put the state file back as it
 //!    was, and report the key that failed, why, and what was restored.
 //!
-//! rollback restores every saved value, newest first, then deletes the
-//! state file; with no state file it does nothing, so running it twice is
-//! safe. A restore that fails leaves that key in the state file for another
-//! try and is reported.
+//! [`crate::rollback`] undoes a successful apply.
 //!
 //! Privilege: writes to the real `/proc/sys` need root, checked up front
 //! with `geteuid()` for a clear message instead of a wall of EACCES. A
@@ -152,7 +149,7 @@ impl ApplyReport {
                 self.changes.len()
             ),
             (false, false) => format!(
-                "{}: {} keys changed; old values saved in {} (undo: c10m-sysctl rollback)\n",
+                "{}: {} keys changed; old values saved in {}\n",
                 self.profile,
                 self.changes.len(),
                 self.state_path.display()
@@ -232,7 +229,7 @@ pub fn apply(
 }
 
 /// Write `value` and read it back; the reason on failure.
-fn write_checked(store: &dyn SysctlStore, key: &str, value: &str) -> Result<(), String> {
+pub(crate) fn write_checked(store: &dyn SysctlStore, key: &str, value: &str) -> Result<(), String> {
     store.write(key, value).map_err(|err| reason_of(&err))?;
     match kernel_value(store, key) {
         Ok(Some(back)) if back == value => Ok(()),
@@ -245,7 +242,7 @@ fn write_checked(store: &dyn SysctlStore, key: &str, value: &str) -> Result<(), 
 }
 
 /// The reason part of a proc error (the key is reported separately).
-fn reason_of(err: &ProcError) -> String {
+pub(crate) fn reason_of(err: &ProcError) -> String {
     match err {
         ProcError::Write { reason, .. } | ProcError::Read { reason, .. } => reason.clone(),
         other => other.to_string(),
@@ -265,185 +262,12 @@ fn undo(store: &dyn SysctlStore, changes: &[Change]) -> (Vec<String>, Vec<String
     (restored, failures)
 }
 
-/// What rollback did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RollbackReport {
-    pub state_path: PathBuf,
-    /// Keys written back to their saved value.
-    pub restored: Vec<Change>,
-    /// Keys that already had their saved value.
-    pub already: Vec<String>,
-    /// Keys someone changed after apply (restored anyway), with the value found.
-    pub changed_since: Vec<Change>,
-    /// No state file: nothing to do.
-    pub nothing_saved: bool,
-}
-
-impl RollbackReport {
-    pub fn render(&self) -> String {
-        if self.nothing_saved {
-            return format!(
-                "nothing to roll back: no saved state at {}\n",
-                self.state_path.display()
-            );
-        }
-        let mut out = String::new();
-        for change in &self.changed_since {
-            out.push_str(&format!(
-                "note: {} was changed after apply (found {}, apply had set {})\n",
-                change.key, change.old, change.new
-            ));
-        }
-        for change in &self.restored {
-            out.push_str(&format!(
-                "restored {} = {} (was {})\n",
-                change.key, change.new, change.old
-            ));
-        }
-        for key in &self.already {
-            out.push_str(&format!("unchanged {key} (already at the saved value)\n"));
-        }
-        out.push_str(&format!(
-            "rolled back {} keys; removed {}\n",
-            self.restored.len() + self.already.len(),
-            self.state_path.display()
-        ));
-        out
-    }
-}
-
-/// Restore the values saved in `state_path`.
-pub fn rollback(
-    store: &dyn SysctlStore,
-    state_path: &Path,
-    privilege: Privilege,
-) -> Result<RollbackReport, ApplyError> {
-    let mut report = RollbackReport {
-        state_path: state_path.to_path_buf(),
-        restored: Vec::new(),
-        already: Vec::new(),
-        changed_since: Vec::new(),
-        nothing_saved: false,
-    };
-    let Some(mut saved) = state::load(state_path, &store.location())? else {
-        report.nothing_saved = true;
-        return Ok(report);
-    };
-    require_privilege(store, privilege)?;
-    let mut failures = Vec::new();
-    let mut kept = Vec::new();
-    for entry in saved.entries.iter().rev() {
-        let now = match kernel_value(store, &entry.key) {
-            Ok(now) => now,
-            Err(err) => {
-                failures.push(format!("{}: {}", entry.key, reason_of(&err)));
-                kept.push(entry.clone());
-                continue;
-            }
-        };
-        if now.as_deref() == Some(entry.old.as_str()) {
-            report.already.push(entry.key.clone());
-            continue;
-        }
-        let found = now.unwrap_or_else(|| "(absent)".to_string());
-        if found != entry.new {
-            report.changed_since.push(Change {
-                key: entry.key.clone(),
-                old: found.clone(),
-                new: entry.new.clone(),
-            });
-        }
-        match write_checked(store, &entry.key, &entry.old) {
-            Ok(()) => report.restored.push(Change {
-                key: entry.key.clone(),
-                old: found,
-                new: entry.old.clone(),
-            }),
-            Err(reason) => {
-                failures.push(format!("{}: {reason}", entry.key));
-                kept.push(entry.clone());
-            }
-        }
-    }
-    if failures.is_empty() {
-        state::remove(state_path)?;
-        return Ok(report);
-    }
-    kept.reverse();
-    saved.entries = kept;
-    state::save(state_path, &saved)?;
-    Err(ApplyError::RollbackIncomplete {
-        failures,
-        state_path: state_path.to_path_buf(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mem_store::MemStore;
     use crate::profile::parse;
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    /// An in-memory store whose writes to `fail_keys` fail.
-    struct MemStore {
-        values: RefCell<BTreeMap<String, String>>,
-        fail_keys: Vec<&'static str>,
-        live: bool,
-    }
-
-    impl MemStore {
-        fn new(values: &[(&str, &str)], fail_keys: Vec<&'static str>) -> Self {
-            MemStore {
-                values: RefCell::new(
-                    values
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                fail_keys,
-                live: false,
-            }
-        }
-
-        fn get(&self, key: &str) -> String {
-            self.values.borrow()[key].clone()
-        }
-    }
-
-    impl SysctlStore for MemStore {
-        fn read(&self, key: &str) -> Result<String, ProcError> {
-            self.values
-                .borrow()
-                .get(key)
-                .cloned()
-                .ok_or_else(|| ProcError::Missing {
-                    key: key.into(),
-                    path: key.into(),
-                })
-        }
-
-        fn write(&self, key: &str, value: &str) -> Result<(), ProcError> {
-            if self.fail_keys.contains(&key) {
-                return Err(ProcError::Write {
-                    key: key.into(),
-                    value: value.into(),
-                    path: key.into(),
-                    reason: "injected failure".into(),
-                });
-            }
-            self.values.borrow_mut().insert(key.into(), value.into());
-            Ok(())
-        }
-
-        fn location(&self) -> String {
-            "/mem".into()
-        }
-
-        fn is_live(&self) -> bool {
-            self.live
-        }
-    }
+    use crate::rollback::rollback;
 
     const PROFILE: &str = "fs.nr_open = 2000\nfs.file-max = 3000\nnet.core.somaxconn = 4000\n";
     const BEFORE: [(&str, &str); 3] = [
@@ -452,12 +276,19 @@ mod tests {
         ("net.core.somaxconn", "1000"),
     ];
 
-    #[test]
-    fn apply_then_rollback_twice() {
+    /// A temp dir (kept alive by the caller), a state path in it, a store at
+    /// `BEFORE` whose writes to `fail_keys` fail, and the test profile.
+    fn fixture(fail_keys: Vec<&'static str>) -> (tempfile::TempDir, PathBuf, MemStore, Profile) {
         let dir = tempfile::tempdir().unwrap();
         let state_path = dir.path().join("state.json");
-        let store = MemStore::new(&BEFORE, vec![]);
+        let store = MemStore::new(&BEFORE, fail_keys);
         let profile = parse("p.conf", PROFILE).unwrap();
+        (dir, state_path, store, profile)
+    }
+
+    #[test]
+    fn apply_then_rollback_twice() {
+        let (_dir, state_path, store, profile) = fixture(vec![]);
         let report = apply(&profile, &store, &state_path, Privilege::Root, false).unwrap();
         assert_eq!(report.changes.len(), 3);
         assert_eq!(store.get("fs.file-max"), "3000");
@@ -476,10 +307,7 @@ mod tests {
 
     #[test]
     fn dry_run_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let state_path = dir.path().join("state.json");
-        let store = MemStore::new(&BEFORE, vec![]);
-        let profile = parse("p.conf", PROFILE).unwrap();
+        let (_dir, state_path, store, profile) = fixture(vec![]);
         let report = apply(&profile, &store, &state_path, Privilege::Root, true).unwrap();
         assert_eq!(report.changes.len(), 3);
         assert!(report
@@ -491,10 +319,7 @@ mod tests {
 
     #[test]
     fn failed_write_restores_earlier_keys_and_the_state_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let state_path = dir.path().join("state.json");
-        let store = MemStore::new(&BEFORE, vec!["fs.file-max"]);
-        let profile = parse("p.conf", PROFILE).unwrap();
+        let (_dir, state_path, store, profile) = fixture(vec!["fs.file-max"]);
         let err = apply(&profile, &store, &state_path, Privilege::Root, false).unwrap_err();
         let message = err.to_string();
         assert!(
@@ -506,25 +331,6 @@ mod tests {
             assert_eq!(store.get(key), value);
         }
         assert!(!state_path.exists());
-    }
-
-    #[test]
-    fn failed_restore_keeps_the_state_for_rollback() {
-        let dir = tempfile::tempdir().unwrap();
-        let state_path = dir.path().join("state.json");
-        let store = MemStore::new(&BEFORE, vec![]);
-        let profile = parse("p.conf", PROFILE).unwrap();
-        apply(&profile, &store, &state_path, Privilege::Root, false).unwrap();
-        let stuck = MemStore {
-            values: RefCell::new(store.values.borrow().clone()),
-            fail_keys: vec!["fs.file-max"],
-            live: false,
-        };
-        let err = rollback(&stuck, &state_path, Privilege::Root).unwrap_err();
-        assert!(err.to_string().contains("fs.file-max: injected failure"));
-        let kept = state::load(&state_path, "/mem").unwrap().unwrap();
-        assert_eq!(kept.entries.len(), 1);
-        assert_eq!(stuck.get("fs.nr_open"), "1000");
     }
 
     #[test]
@@ -550,10 +356,7 @@ mod tests {
 
     #[test]
     fn non_root_is_refused_on_the_live_tree_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let state_path = dir.path().join("state.json");
-        let mut store = MemStore::new(&BEFORE, vec![]);
-        let profile = parse("p.conf", PROFILE).unwrap();
+        let (_dir, state_path, mut store, profile) = fixture(vec![]);
         let not_root = Privilege::NotRoot { euid: 1000 };
         store.live = true;
         let err = apply(&profile, &store, &state_path, not_root, false).unwrap_err();

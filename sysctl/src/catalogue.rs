@@ -19,25 +19,12 @@ pub struct KeySpec {
     pub what: &'static str,
 }
 
-const fn int(min: u64, max: u64) -> ValueKind {
-    ValueKind::Int { min, max }
-}
-
-const fn triple(min: u64, max: u64) -> ValueKind {
-    ValueKind::Ints {
-        count: 3,
-        min,
-        max,
-        ordered: true,
-    }
-}
-
 /// Every key a profile may set, in the order `explain --list` prints them.
 pub static CATALOGUE: &[KeySpec] = &[
     KeySpec {
         key: "fs.nr_open",
         // sysctl_nr_open_min = BITS_PER_LONG; max = INT_MAX rounded down to 64.
-        kind: int(64, 2_147_483_584),
+        kind: ValueKind::int(64, 2_147_483_584),
         what: "Ceiling on RLIMIT_NOFILE for any process, root included: no process \
                can hold more descriptors than this. Each session is one socket, so one \
                descriptor; a process holding N sessions needs RLIMIT_NOFILE (and so \
@@ -46,7 +33,7 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "fs.file-max",
-        kind: int(0, LONG_MAX),
+        kind: ValueKind::int(0, LONG_MAX),
         what: "System-wide number of open files (struct file) across all processes. \
                Every socket holds one; with server and loadgen on one host a session \
                holds two. Unprivileged processes get ENFILE past it (CAP_SYS_ADMIN \
@@ -54,7 +41,7 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "fs.epoll.max_user_watches",
-        kind: int(0, LONG_MAX),
+        kind: ValueKind::int(0, LONG_MAX),
         what: "Per-user limit on descriptors registered in epoll instances; each \
                watch costs ~128 B of kernel memory (eventpoll_epi). The epoll backend \
                registers every session, so a user running a server and a loadgen \
@@ -63,7 +50,7 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.core.somaxconn",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Cap on a listening socket's accept queue (listen()'s backlog is clamped \
                to it). During a connection ramp or a reconnect storm the queue absorbs \
                connections completed while the server is busy; overflow drops the \
@@ -71,21 +58,21 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_max_syn_backlog",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Maximum half-open connections (SYN received, handshake incomplete) per \
                listener before SYN cookies (or drops) take over. Sized with somaxconn \
                for the ramp.",
     },
     KeySpec {
         key: "net.ipv4.tcp_syncookies",
-        kind: int(0, 2),
+        kind: ValueKind::int(0, 2),
         what: "SYN cookies: 1 = only when the SYN backlog overflows (default), \
                2 = always, 0 = never. With cookies a ramp that overflows the backlog \
                still completes, at the cost of TCP options on those connections.",
     },
     KeySpec {
         key: "net.core.netdev_max_backlog",
-        kind: int(1, INT_MAX),
+        kind: ValueKind::int(1, INT_MAX),
         what: "Per-CPU input queue for packets handed to the stack by netif_rx, \
                which is how loopback delivers every segment. A heartbeat storm over \
                lo overflows the default 1000 in about a millisecond of softirq lag; \
@@ -111,7 +98,7 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_mem",
-        kind: triple(1, LONG_MAX),
+        kind: ValueKind::triple(1, LONG_MAX),
         what: "Pages (not bytes) all TCP sockets together may use for queued data: \
                below `min` no pressure; above `pressure` the stack shrinks buffers; \
                at `max` new allocations fail (packets dropped, writes block). Idle \
@@ -120,7 +107,7 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_rmem",
-        kind: triple(1, INT_MAX),
+        kind: ValueKind::triple(1, INT_MAX),
         what: "Per-socket receive buffer: min (kept even under memory pressure), \
                default (initial), max (autotuning ceiling), in bytes. Buffers are \
                charged only for queued data, so an idle socket costs nothing here; \
@@ -128,33 +115,33 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_wmem",
-        kind: triple(1, INT_MAX),
+        kind: ValueKind::triple(1, INT_MAX),
         what: "Per-socket send buffer: min, default, max in bytes, charged only for \
                unsent or unacknowledged data. A heartbeat reply is tens of bytes.",
     },
     KeySpec {
         key: "net.core.rmem_default",
-        kind: int(256, INT_MAX),
+        kind: ValueKind::int(256, INT_MAX),
         what: "Default receive buffer for non-TCP sockets (TCP uses tcp_rmem).",
     },
     KeySpec {
         key: "net.core.wmem_default",
-        kind: int(256, INT_MAX),
+        kind: ValueKind::int(256, INT_MAX),
         what: "Default send buffer for non-TCP sockets (TCP uses tcp_wmem).",
     },
     KeySpec {
         key: "net.core.rmem_max",
-        kind: int(256, INT_MAX),
+        kind: ValueKind::int(256, INT_MAX),
         what: "Largest receive buffer a process may request with SO_RCVBUF.",
     },
     KeySpec {
         key: "net.core.wmem_max",
-        kind: int(256, INT_MAX),
+        kind: ValueKind::int(256, INT_MAX),
         what: "Largest send buffer a process may request with SO_SNDBUF.",
     },
     KeySpec {
         key: "net.netfilter.nf_conntrack_max",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Connection-tracking table size (one entry per connection, ~320 B). \
                Exists only when nf_conntrack is loaded; tracks traffic only when a \
                stateful rule or NAT needs it. When full, new connections' SYNs are \
@@ -163,13 +150,13 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.netfilter.nf_conntrack_tcp_timeout_established",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Seconds an idle established connection stays in the conntrack table \
                (default 432000 = 5 days). Idle sessions heartbeat far more often.",
     },
     KeySpec {
         key: "net.ipv4.tcp_tw_reuse",
-        kind: int(0, 2),
+        kind: ValueKind::int(0, 2),
         what: "Reuse a TIME_WAIT 4-tuple for a new outgoing connection when \
                timestamps prove it safe: 0 = off, 1 = on, 2 = loopback only \
                (default). Matters for a loadgen with session churn, which closes \
@@ -177,25 +164,25 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_fin_timeout",
-        kind: int(1, INT_MAX),
+        kind: ValueKind::int(1, INT_MAX),
         what: "Seconds an orphaned connection waits in FIN_WAIT_2 (default 60).",
     },
     KeySpec {
         key: "net.ipv4.tcp_max_tw_buckets",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Most TIME_WAIT sockets the host keeps; beyond it they are destroyed \
                at once (logged).",
     },
     KeySpec {
         key: "net.ipv4.tcp_max_orphans",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Most sockets not attached to any descriptor (closed, still \
                finishing); beyond it they are reset. A mass disconnect of millions \
                of sessions creates orphans in a burst.",
     },
     KeySpec {
         key: "net.ipv4.tcp_keepalive_time",
-        kind: int(1, 32767),
+        kind: ValueKind::int(1, 32767),
         what: "Seconds of idleness before the kernel sends keepalive probes, for \
                sockets with SO_KEEPALIVE only. c10m sessions heartbeat in user space \
                instead; 10 M sessions at the default 7200 s would still cost \
@@ -203,37 +190,37 @@ pub static CATALOGUE: &[KeySpec] = &[
     },
     KeySpec {
         key: "net.ipv4.tcp_keepalive_intvl",
-        kind: int(1, 32767),
+        kind: ValueKind::int(1, 32767),
         what: "Seconds between keepalive probes (SO_KEEPALIVE sockets only).",
     },
     KeySpec {
         key: "net.ipv4.tcp_keepalive_probes",
-        kind: int(1, 127),
+        kind: ValueKind::int(1, 127),
         what: "Unanswered keepalive probes before the connection is dropped \
                (SO_KEEPALIVE sockets only). Harmless to change on a host whose \
                sessions do not set SO_KEEPALIVE.",
     },
     KeySpec {
         key: "net.ipv4.tcp_syn_retries",
-        kind: int(1, 127),
+        kind: ValueKind::int(1, 127),
         what: "SYN retransmits before connect() gives up (default 6, ~127 s). A \
                loadgen that should report refused or overloaded servers promptly \
                wants fewer.",
     },
     KeySpec {
         key: "net.ipv4.tcp_synack_retries",
-        kind: int(0, 255),
+        kind: ValueKind::int(0, 255),
         what: "SYN-ACK retransmits for a half-open passive connection (default 5).",
     },
     KeySpec {
         key: "net.ipv4.tcp_slow_start_after_idle",
-        kind: int(0, 1),
+        kind: ValueKind::int(0, 1),
         what: "Reset the congestion window after an idle period. Irrelevant to \
                single-segment heartbeats; matters when idle sessions burst data.",
     },
     KeySpec {
         key: "vm.min_free_kbytes",
-        kind: int(0, INT_MAX),
+        kind: ValueKind::int(0, INT_MAX),
         what: "Memory the kernel keeps free for atomic allocations (e.g. skbs in \
                softirq). Hosts filling most RAM with socket slab may need more.",
     },

@@ -4,7 +4,8 @@
 //! - [`profile`]: sysctl.d profiles, validated against the [`catalogue`];
 //! - [`procfs`]: the seam to the kernel (`/proc/sys` or a stand-in tree);
 //! - [`compare`]: `check` and `diff`;
-//! - [`apply`] and [`state`]: apply with saved old values, rollback;
+//! - [`apply`], [`rollback`] and [`state`]: apply with saved old values, and
+//!   undo it;
 //! - [`facts`] and [`plan`]: how many sessions fit and what binds first;
 //! - [`limits`]: the RLIMIT_NOFILE drop-in and limits.conf lines;
 //! - [`explain`]: what a key does and why each profile sets it.
@@ -20,9 +21,12 @@ pub mod compare;
 pub mod explain;
 pub mod facts;
 pub mod limits;
+#[cfg(test)]
+mod mem_store;
 pub mod plan;
 pub mod procfs;
 pub mod profile;
+pub mod rollback;
 pub mod state;
 pub mod table;
 pub mod units;

@@ -21,6 +21,7 @@ use c10m_sysctl::limits::{self, LimitsRequest};
 use c10m_sysctl::plan::{self, PlanRequest, Role};
 use c10m_sysctl::procfs::{ProcRoot, SysctlStore, LIVE_ROOT};
 use c10m_sysctl::profile::{self, Profile};
+use c10m_sysctl::rollback;
 use c10m_sysctl::state;
 
 #[derive(Debug, Parser)]
@@ -169,14 +170,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let path = state_path(&store);
             let report = apply::apply(&profile, &store, &path, Privilege::current(), dry_run)
                 .with_context(|| format!("apply {}", profile.name))?;
-            emit(&report.render())?;
+            let mut text = report.render();
+            if !dry_run && !report.changes.is_empty() {
+                text.push_str(&format!("undo: {}\n", undo_command(&cli)));
+            }
+            emit(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
             let store = store()?;
             let path = state_path(&store);
             let report =
-                apply::rollback(&store, &path, Privilege::current()).context("rollback")?;
+                rollback::rollback(&store, &path, Privilege::current()).context("rollback")?;
             emit(&report.render())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -255,6 +260,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The rollback command matching this invocation's flags.
+fn undo_command(cli: &Cli) -> String {
+    let mut command = "c10m-sysctl".to_string();
+    if cli.proc_root != Path::new(LIVE_ROOT) {
+        command.push_str(&format!(" --proc-root {}", cli.proc_root.display()));
+    }
+    if let Some(state) = &cli.state {
+        command.push_str(&format!(" --state {}", state.display()));
+    }
+    command + " rollback"
 }
 
 /// The proc root, which must be a directory.

@@ -89,17 +89,7 @@ impl ProcRoot {
 impl SysctlStore for ProcRoot {
     fn read(&self, key: &str) -> Result<String, ProcError> {
         let path = self.path_of(key);
-        let fail = |err: std::io::Error| match err.kind() {
-            ErrorKind::NotFound => ProcError::Missing {
-                key: key.to_string(),
-                path: path.clone(),
-            },
-            _ => ProcError::Read {
-                key: key.to_string(),
-                path: path.clone(),
-                reason: describe_io(&err),
-            },
-        };
+        let fail = |err: std::io::Error| io_error(key, &path, None, &err);
         let file = std::fs::File::open(&path).map_err(fail)?;
         let mut bytes = Vec::new();
         file.take(MAX_VALUE_BYTES + 1)
@@ -119,18 +109,7 @@ impl SysctlStore for ProcRoot {
 
     fn write(&self, key: &str, value: &str) -> Result<(), ProcError> {
         let path = self.path_of(key);
-        let fail = |err: std::io::Error| match err.kind() {
-            ErrorKind::NotFound => ProcError::Missing {
-                key: key.to_string(),
-                path: path.clone(),
-            },
-            _ => ProcError::Write {
-                key: key.to_string(),
-                value: value.to_string(),
-                path: path.clone(),
-                reason: describe_io(&err),
-            },
-        };
+        let fail = |err: std::io::Error| io_error(key, &path, Some(value), &err);
         let mut file = OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -146,6 +125,22 @@ impl SysctlStore for ProcRoot {
 
     fn is_live(&self) -> bool {
         is_live_dir(&self.dir)
+    }
+}
+
+/// An I/O error on `key`: `Missing` for a file that does not exist, else a
+/// read error, or a write error when `value` was being written.
+fn io_error(key: &str, path: &Path, value: Option<&str>, err: &std::io::Error) -> ProcError {
+    let (key, path, reason) = (key.to_string(), path.to_path_buf(), describe_io(err));
+    match (err.kind(), value) {
+        (ErrorKind::NotFound, _) => ProcError::Missing { key, path },
+        (_, None) => ProcError::Read { key, path, reason },
+        (_, Some(value)) => ProcError::Write {
+            key,
+            value: value.to_string(),
+            path,
+            reason,
+        },
     }
 }
 

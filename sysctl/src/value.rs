@@ -19,20 +19,48 @@ pub const LONG_MAX: u64 = i64::MAX as u64;
 /// make sense for this project where the kernel enforces none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
-    /// One integer in `min..=max`.
-    Int { min: u64, max: u64 },
-    /// `count` integers, each in `min..=max`; `ordered` demands
-    /// non-decreasing values (tcp_mem's min ≤ pressure ≤ max).
-    Ints {
-        count: usize,
-        min: u64,
-        max: u64,
-        ordered: bool,
-    },
+    /// Whitespace-separated integers.
+    Numbers(NumberSpec),
     /// Two ports `low high` with `1 ≤ low ≤ high ≤ 65535`.
     PortRange,
     /// Comma-separated ports and `a-b` ranges; may be empty.
     PortList,
+}
+
+/// `count` integers, each in `min..=max`; `ordered` demands non-decreasing
+/// values (tcp_mem's min ≤ pressure ≤ max).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumberSpec {
+    pub count: usize,
+    pub min: u64,
+    pub max: u64,
+    pub ordered: bool,
+}
+
+impl NumberSpec {
+    fn describe(&self) -> String {
+        let NumberSpec {
+            count,
+            min,
+            max,
+            ordered,
+        } = *self;
+        if count == 1 {
+            return format!("one integer in {min}..={max}");
+        }
+        let order = if ordered { ", non-decreasing" } else { "" };
+        format!("{count} integers, each in {min}..={max}{order}")
+    }
+
+    fn canonical(&self, raw: &str) -> Result<String, ValueError> {
+        let values = parse_numbers(raw, self.count, self.min, self.max, &self.describe())?;
+        if self.ordered && values.windows(2).any(|w| w[0] > w[1]) {
+            return Err(ValueError::NotOrdered {
+                values: join(&values),
+            });
+        }
+        Ok(join(&values))
+    }
 }
 
 /// Why a value does not fit its key. Carries the actual and allowed figures.
@@ -54,19 +82,30 @@ pub enum ValueError {
 }
 
 impl ValueKind {
+    /// One integer in `min..=max`.
+    pub const fn int(min: u64, max: u64) -> Self {
+        ValueKind::Numbers(NumberSpec {
+            count: 1,
+            min,
+            max,
+            ordered: false,
+        })
+    }
+
+    /// Three non-decreasing integers in `min..=max` (tcp_mem, tcp_rmem).
+    pub const fn triple(min: u64, max: u64) -> Self {
+        ValueKind::Numbers(NumberSpec {
+            count: 3,
+            min,
+            max,
+            ordered: true,
+        })
+    }
+
     /// A short description of the expected shape, for messages and `explain`.
     pub fn describe(&self) -> String {
         match self {
-            ValueKind::Int { min, max } => format!("one integer in {min}..={max}"),
-            ValueKind::Ints {
-                count,
-                min,
-                max,
-                ordered,
-            } => {
-                let order = if *ordered { ", non-decreasing" } else { "" };
-                format!("{count} integers, each in {min}..={max}{order}")
-            }
+            ValueKind::Numbers(spec) => spec.describe(),
             ValueKind::PortRange => "two ports `low high`, 1 <= low <= high <= 65535".to_string(),
             ValueKind::PortList => {
                 "comma-separated ports or ranges `a-b`, may be empty".to_string()
@@ -76,25 +115,8 @@ impl ValueKind {
 
     /// Validate `raw` and return its canonical spelling.
     pub fn canonical(&self, raw: &str) -> Result<String, ValueError> {
-        match *self {
-            ValueKind::Int { min, max } => {
-                let values = parse_numbers(raw, 1, min, max, &self.describe())?;
-                Ok(join(&values))
-            }
-            ValueKind::Ints {
-                count,
-                min,
-                max,
-                ordered,
-            } => {
-                let values = parse_numbers(raw, count, min, max, &self.describe())?;
-                if ordered && values.windows(2).any(|w| w[0] > w[1]) {
-                    return Err(ValueError::NotOrdered {
-                        values: join(&values),
-                    });
-                }
-                Ok(join(&values))
-            }
+        match self {
+            ValueKind::Numbers(spec) => spec.canonical(raw),
             ValueKind::PortRange => {
                 let range = PortRange::parse(raw)?;
                 Ok(format!("{} {}", range.low, range.high))
@@ -281,12 +303,7 @@ fn parse_port(token: &str) -> Result<u16, ValueError> {
 mod tests {
     use super::*;
 
-    const TRIPLE: ValueKind = ValueKind::Ints {
-        count: 3,
-        min: 1,
-        max: LONG_MAX,
-        ordered: true,
-    };
+    const TRIPLE: ValueKind = ValueKind::triple(1, LONG_MAX);
 
     #[test]
     fn canonical_joins_kernel_tabs_and_profile_spaces() {
@@ -299,7 +316,7 @@ mod tests {
 
     #[test]
     fn out_of_range_names_actual_and_allowed() {
-        let kind = ValueKind::Int { min: 64, max: 100 };
+        let kind = ValueKind::int(64, 100);
         let err = kind.canonical("12").unwrap_err();
         assert_eq!(err.to_string(), "12 is out of range: allowed 64..=100");
     }

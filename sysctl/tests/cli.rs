@@ -84,6 +84,14 @@ impl StandIn {
             .collect()
     }
 
+    /// With nothing saved, rollback succeeds, says so, and changes nothing.
+    fn assert_rollback_is_a_no_op(&self, before: &[(String, String)]) {
+        let rollback = self.run(&["rollback"]);
+        assert_eq!(rollback.code, 0, "{}", rollback.stderr);
+        assert!(rollback.stdout.contains("nothing to roll back"));
+        assert_eq!(self.snapshot(), before);
+    }
+
     fn default_state(&self) -> PathBuf {
         self.dir.path().join("sys.backup.json")
     }
@@ -216,10 +224,7 @@ fn apply_then_rollback_twice_restores_everything() {
     assert_eq!(stand_in.snapshot(), before);
     assert!(!stand_in.default_state().exists());
 
-    let twice = stand_in.run(&["rollback"]);
-    assert_eq!(twice.code, 0);
-    assert!(twice.stdout.contains("nothing to roll back"));
-    assert_eq!(stand_in.snapshot(), before);
+    stand_in.assert_rollback_is_a_no_op(&before);
 }
 
 #[test]
@@ -274,10 +279,7 @@ fn failed_write_mid_apply_restores_what_changed() {
     assert_eq!(stand_in.get("net.ipv4.tcp_mem"), "287892 383858 575784");
     assert!(!stand_in.default_state().exists(), "state file left behind");
 
-    let rollback = stand_in.run(&["rollback"]);
-    assert_eq!(rollback.code, 0);
-    assert!(rollback.stdout.contains("nothing to roll back"));
-    assert_eq!(stand_in.snapshot(), before);
+    stand_in.assert_rollback_is_a_no_op(&before);
 }
 
 #[test]
