@@ -10,9 +10,23 @@
 //! [`report`] and [`progress`] (results), [`host`] (facts about this machine).
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod driver;
+pub mod fleet;
+pub mod hlog;
+pub mod host;
 pub mod model;
 pub mod plan;
+pub mod procs;
+pub mod progress;
+pub mod ramp;
+pub mod report;
+pub mod resident;
+pub mod results;
+pub mod run;
+pub mod scenario;
 pub mod session;
+pub mod stats;
 pub mod wheel;
 
 #[cfg(test)]

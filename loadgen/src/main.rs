@@ -1,7 +1,65 @@
-//! c10m-loadgen: placeholder until the loadgen issue fills it.
+//! `c10m-loadgen`: opens many synthetic RESP sessions and reproduces
+//! production heartbeats, open loop; see `c10m-loadgen run --help`.
 #![forbid(unsafe_code)]
 
+use anyhow::{Context, Result};
+use c10m_loadgen::scenario::RunArgs;
+use c10m_loadgen::{report, run};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "c10m-loadgen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open sessions, heartbeat them, write results; exit 3 if a threshold fails.
+    Run(Box<RunArgs>),
+    /// Print the table of a results directory; optionally merge the server's
+    /// --stats-json file into its summary.json (as server.stats).
+    Report {
+        dir: PathBuf,
+        #[arg(long)]
+        server_stats: Option<PathBuf>,
+    },
+}
+
+fn report_command(dir: &std::path::Path, server_stats: Option<&std::path::Path>) -> Result<i32> {
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut summary: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+    if let Some(stats_path) = server_stats {
+        let stats_text = std::fs::read_to_string(stats_path)
+            .with_context(|| format!("cannot read {}", stats_path.display()))?;
+        let stats: serde_json::Value = serde_json::from_str(&stats_text)
+            .with_context(|| format!("invalid {}", stats_path.display()))?;
+        if !summary["server"].is_object() {
+            summary["server"] = serde_json::json!({});
+        }
+        summary["server"]["stats"] = stats;
+        std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")?;
+    }
+    print!("{}", report::table(&summary));
+    Ok(0)
+}
+
 fn main() {
-    eprintln!("c10m-loadgen: not built yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => run::run_command(args),
+        Command::Report { dir, server_stats } => report_command(dir, server_stats.as_deref()),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("c10m-loadgen: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

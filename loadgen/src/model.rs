@@ -43,9 +43,14 @@ pub struct ClientClass {
 /// How long a connection lives before the client closes it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Lifetime {
-    Exponential { mean_ms: f64 },
+    Exponential {
+        mean_ms: f64,
+    },
     /// Log-normal with the given mean and log-space sigma.
-    LogNormal { mean_ms: f64, sigma: f64 },
+    LogNormal {
+        mean_ms: f64,
+        sigma: f64,
+    },
 }
 
 impl Lifetime {
@@ -236,13 +241,16 @@ impl HeartbeatModel {
 
     /// The planned close of connection `gen` made at `connected_ms`: the
     /// earliest of churn, an outage that picks this session, and the drain.
-    pub fn planned_close(&self, sid: u64, gen: u16, connected_ms: u32) -> Option<(u32, CloseCause)> {
+    pub fn planned_close(
+        &self,
+        sid: u64,
+        gen: u16,
+        connected_ms: u32,
+    ) -> Option<(u32, CloseCause)> {
         let mut best: Option<(u32, CloseCause)> = None;
-        let mut consider = |t: u32, cause| {
-            match best {
-                Some((b, _)) if b <= t => {}
-                _ => best = Some((t, cause)),
-            }
+        let mut consider = |t: u32, cause| match best {
+            Some((b, _)) if b <= t => {}
+            _ => best = Some((t, cause)),
         };
         if let Some(churn) = &self.churn {
             let k = u64::from(gen);
@@ -259,7 +267,8 @@ impl HeartbeatModel {
             }
         }
         if let Some(d) = &self.drain {
-            let t = d.at_ms + (self.unit(Stream::DrainTime, sid, 0) * f64::from(d.window_ms)) as u32;
+            let t =
+                d.at_ms + (self.unit(Stream::DrainTime, sid, 0) * f64::from(d.window_ms)) as u32;
             consider(t.max(connected_ms.saturating_add(1)), CloseCause::Drain);
         }
         best
@@ -267,7 +276,13 @@ impl HeartbeatModel {
 
     /// When a session closed for `cause` at `closed_ms` connects again
     /// (`None`: it stays closed).
-    pub fn reconnect_at(&self, sid: u64, gen: u16, cause: CloseCause, closed_ms: u32) -> Option<u32> {
+    pub fn reconnect_at(
+        &self,
+        sid: u64,
+        gen: u16,
+        cause: CloseCause,
+        closed_ms: u32,
+    ) -> Option<u32> {
         let t = match cause {
             CloseCause::Drain => return None,
             CloseCause::Churn => {
@@ -306,7 +321,8 @@ impl HeartbeatModel {
     /// Retry after a failed connect or an unplanned close: jittered
     /// exponential backoff on the consecutive-failure count.
     pub fn retry_at(&self, sid: u64, gen: u16, failures: u8, now_ms: u32) -> Option<u32> {
-        let delay = (u64::from(RETRY_BASE_MS) << failures.saturating_sub(1).min(16)).min(u64::from(RETRY_MAX_MS));
+        let delay = (u64::from(RETRY_BASE_MS) << failures.saturating_sub(1).min(16))
+            .min(u64::from(RETRY_MAX_MS));
         let u = self.unit(Stream::Retry, sid, u64::from(gen));
         self.before_drain(now_ms.saturating_add((delay as f64 * (0.5 + u)) as u32))
     }

@@ -109,16 +109,20 @@ impl ClientSession {
         self.outstanding
     }
 
-    /// A connect starts now; returns its deadline.
-    pub fn start_connect(&mut self, now_ms: u32, timeout_ms: u32) -> u32 {
+    /// A connect starts at `now_us`; returns its deadline (ms). While the
+    /// connect is in flight the heartbeat field is unused, so it holds the
+    /// start time's low 32 bits in µs (wraps after 71 min, far beyond any
+    /// connect timeout) for [`connect_latency_us`](Self::connect_latency_us).
+    pub fn start_connect(&mut self, now_us: u64, timeout_ms: u32) -> u32 {
         self.state = State::Connecting;
-        self.transition_ms = now_ms.saturating_add(timeout_ms);
+        self.next_beat_ms = now_us as u32;
+        self.transition_ms = ((now_us / 1_000) as u32).saturating_add(timeout_ms);
         self.transition_ms
     }
 
-    /// When the in-flight connect started (its deadline minus the timeout).
-    pub fn connect_started_ms(&self, timeout_ms: u32) -> u32 {
-        self.transition_ms.saturating_sub(timeout_ms)
+    /// Time since `start_connect`, in µs (only while `Connecting`).
+    pub fn connect_latency_us(&self, now_us: u64) -> u32 {
+        (now_us as u32).wrapping_sub(self.next_beat_ms)
     }
 
     /// The socket is established; returns the next deadline.
@@ -275,6 +279,7 @@ mod tests {
         let m = model();
         let mut s = ClientSession::new(0);
         assert_eq!(s.start_connect(0, 500), 500);
+        assert_eq!(s.connect_latency_us(1_234), 1_234);
         assert_eq!(s.poll(&m, 1, 100), Step::Wait(Some(500)));
         let first = s.connected(&m, 1, 100).unwrap();
         assert!((100..1_100).contains(&first));

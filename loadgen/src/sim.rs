@@ -42,7 +42,7 @@ pub fn simulate(
     let ramp_at = |sid: u64| (sid as f64 * 1_000.0 / rate_per_s) as u32;
 
     let connect = |s: &mut ClientSession, sid: u64, now: u32, r: &mut SimReport| {
-        s.start_connect(now, 1_000);
+        s.start_connect(u64::from(now) * 1_000, 1_000);
         r.connects += 1;
         s.connected(model, sid, now)
     };

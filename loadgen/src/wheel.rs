@@ -48,7 +48,7 @@ impl DeadlineWheel {
     pub fn new(now_ms: u32, capacity: usize) -> Self {
         DeadlineWheel {
             heads: vec![NIL; SLOTS],
-            occupied: vec![0; SLOTS / 64],
+            occupied: crate::resident::resident(SLOTS / 64, 0u64),
             entries: Vec::with_capacity(capacity),
             cursor_ms: now_ms,
             scheduled: 0,

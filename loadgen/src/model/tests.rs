@@ -28,8 +28,13 @@ fn fixed_interval_hour_fires_the_right_count() {
     // Flat load: the first beats are spread over one interval.
     // (Second beats start at 27 s: interval 30 s - 10%.)
     let mut per_second = vec![0u32; 27];
-    simulate(&m, 3_000, 1e6, 27_000, |_, t| per_second[(t / 1_000) as usize] += 1);
-    assert!(per_second.iter().all(|&n| (60..=140).contains(&n)), "{per_second:?}");
+    simulate(&m, 3_000, 1e6, 27_000, |_, t| {
+        per_second[(t / 1_000) as usize] += 1
+    });
+    assert!(
+        per_second.iter().all(|&n| (60..=140).contains(&n)),
+        "{per_second:?}"
+    );
 }
 
 #[test]
@@ -41,7 +46,11 @@ fn weighted_classes_hour_fires_the_right_count() {
         jitter: 0.1,
     };
     let mut m = HeartbeatModel::fixed(2, 1, 0.0, HOUR);
-    m.classes = vec![class("android", 6.0, 270), class("ios", 3.0, 300), class("desktop", 1.0, 600)];
+    m.classes = vec![
+        class("android", 6.0, 270),
+        class("ios", 3.0, 300),
+        class("desktop", 1.0, 600),
+    ];
     assert_hour_matches(&m, 20_000, 0);
     let counts = (0..30_000u64).fold([0u32; 3], |mut acc, sid| {
         acc[usize::from(m.class_of(sid))] += 1;
@@ -74,7 +83,10 @@ fn churn_hour_fires_the_right_count_and_closes_at_the_mean_rate() {
         let r = simulate(&m, 4_000, 1_000.0, HOUR, |_, _| {});
         // Closes per connected time = 1 / mean lifetime (renewal rate).
         let observed_mean = r.connected_ms / r.closes[CloseCause::Churn as usize] as f64;
-        assert!(within(observed_mean, 300_000.0, 0.03), "{lifetime:?}: {observed_mean}");
+        assert!(
+            within(observed_mean, 300_000.0, 0.03),
+            "{lifetime:?}: {observed_mean}"
+        );
         assert!(r.connects > 4_000 * 10);
     }
 }
@@ -92,7 +104,10 @@ fn lifetime_distributions_have_the_configured_mean() {
         let sum: f64 = (0..n)
             .map(|i| lifetime.sample(unit(9, 1, i, 0), unit(9, 2, i, 0)))
             .sum();
-        assert!(within(sum / n as f64, lifetime.mean_ms(), 0.01), "{lifetime:?}");
+        assert!(
+            within(sum / n as f64, lifetime.mean_ms(), 0.01),
+            "{lifetime:?}"
+        );
     }
 }
 
@@ -143,7 +158,11 @@ fn outage_drops_the_fraction_and_reconnects_after_it_on_backoff() {
     returns.sort();
     assert!(returns[0] >= 610_000);
     // Backoff doubles from 0.5 s: nobody waits past one capped step after recovery.
-    assert!(*returns.last().unwrap() <= 610_000 + 45_000, "{:?}", returns.last());
+    assert!(
+        *returns.last().unwrap() <= 610_000 + 45_000,
+        "{:?}",
+        returns.last()
+    );
     assert_hour_matches(&m, 5_000, 0);
 }
 
@@ -158,7 +177,9 @@ fn drain_closes_everyone_inside_its_window_for_good() {
         at_ms: 600_000,
         window_ms: 10_000,
     });
-    let r = simulate(&m, 2_000, 1_000.0, 700_000, |_, t| assert!(t < 610_000, "{t}"));
+    let r = simulate(&m, 2_000, 1_000.0, 700_000, |_, t| {
+        assert!(t < 610_000, "{t}")
+    });
     // Sessions that churned just before the drain do not come back to be drained.
     let drained = r.closes[CloseCause::Drain as usize];
     assert!((1_800..=2_000).contains(&drained), "{drained}");

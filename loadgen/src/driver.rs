@@ -1,0 +1,737 @@
+//! `Driver`: one pinned thread, one mio loop, pumping a slice of the
+//! sessions through their sans-IO state machines.
+//!
+//! Driver `g` of `D` owns the global session ids `g, g + D, g + 2D, ...`
+//! (so the ramp interleaves evenly) and keeps, per session, the 16-byte
+//! [`ClientSession`], a 12-byte wheel entry and the 4-byte socket (a std
+//! `TcpStream` registered through its fd: mio's wrapper is 16 bytes in
+//! debug builds): 32 bytes,
+//! in three vectors that grow as the ramp opens sessions (so the pages are
+//! touched by sessions, not by the warm-up).
+//!
+//! - **Time.** A timerfd armed at the absolute CLOCK_MONOTONIC time of the
+//!   next deadline wakes the loop to the microsecond (epoll_wait's timeout
+//!   has millisecond granularity and rounds up, which would add up to 1 ms
+//!   of send lag to every heartbeat). Heartbeats are due on whole
+//!   milliseconds; the payload is the intended time in µs since the epoch.
+//! - **Tokens.** `gen << 32 | index`; an event whose generation no longer
+//!   matches the session's is for a closed connection and is dropped.
+//!   `TIMER` is the top value.
+//! - **Reads.** Edge-triggered: read until `WouldBlock`, except that a read
+//!   shorter than the buffer proves the socket drained (as tokio also
+//!   relies on with epoll), which saves a syscall per reply. A partial
+//!   reply waits in a per-driver spill map (rare: replies are ~15 bytes).
+//! - **Writes.** A heartbeat is written at once; the rare short write goes
+//!   to a spill map and WRITABLE interest until flushed.
+//! - **Connects.** Paced by a token bucket and bounded by an in-flight cap;
+//!   reconnects (churn, outages, retries) skip the bucket but not the cap.
+//! - **Reporting.** Counters and interval histograms are copied into a
+//!   mutex-guarded [`DriverReport`] at every whole second of the run, which
+//!   the fleet reads; nothing is shared on the hot path.
+//! - **End.** Heartbeats stop at the end of the last phase; the loop then
+//!   waits for outstanding replies up to the grace deadline, closes every
+//!   socket (FIN) and returns.
+#![forbid(unsafe_code)]
+
+use crate::clock::RunClock;
+use crate::model::HeartbeatModel;
+use crate::plan::AddressPlan;
+use crate::ramp::TokenBucket;
+use crate::scenario::Timeline;
+use crate::session::{ClientSession, State, Step};
+use crate::stats::{Counters, ErrorKind, Histos};
+use crate::wheel::DeadlineWheel;
+use c10m_server::wire::{decode_reply, encode_command, parse_i64, push_decimal, Reply};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TIMER: Token = Token(usize::MAX);
+const READ_BUF: usize = 64 * 1024;
+/// Largest reply accepted: ours are ~15 bytes, but a server's error text
+/// (e.g. Redis's protected-mode notice) can be a few hundred.
+const MAX_REPLY: usize = 4096;
+
+/// Which sessions a driver owns and how it paces them.
+#[derive(Debug, Clone)]
+pub struct DriverSpec {
+    pub first_sid: u64,
+    pub stride: u64,
+    pub count: u64,
+    pub cpu: Option<usize>,
+    pub rate_per_s: f64,
+    pub max_inflight: u32,
+    pub connect_timeout_ms: u32,
+    pub timeline: Timeline,
+}
+
+/// What a driver publishes every second.
+#[derive(Debug, Default)]
+pub struct DriverReport {
+    /// Cumulative.
+    pub counters: Counters,
+    /// Since the reader last took them.
+    pub histos: Histos,
+    /// The first message of each error kind (for hints).
+    pub first_errors: BTreeMap<&'static str, String>,
+}
+
+/// Shared between a driver thread and its fleet.
+#[derive(Debug, Default)]
+pub struct DriverShared {
+    pub stop: AtomicBool,
+    pub finished: AtomicBool,
+    pub report: Mutex<DriverReport>,
+}
+
+/// See the module docs.
+pub struct Driver {
+    spec: DriverSpec,
+    plan: Arc<AddressPlan>,
+    model: Arc<HeartbeatModel>,
+    clock: RunClock,
+    shared: Arc<DriverShared>,
+    poll: Poll,
+    events: Events,
+    timer: TimerFd,
+    armed_ms: Option<u32>,
+    sessions: Vec<ClientSession>,
+    sockets: Vec<Option<TcpStream>>,
+    wheel: DeadlineWheel,
+    pending: VecDeque<u32>,
+    read_spill: HashMap<u32, Vec<u8>>,
+    write_spill: HashMap<u32, Vec<u8>>,
+    scratch: Vec<u8>,
+    out: Vec<u8>,
+    digits: Vec<u8>,
+    due: Vec<u32>,
+    bucket: TokenBucket,
+    inflight: u32,
+    counters: Counters,
+    histos: Histos,
+    first_errors: BTreeMap<&'static str, String>,
+    held_recorded: bool,
+    next_flush_ms: u32,
+}
+
+fn token(idx: u32, gen: u16) -> Token {
+    Token((usize::from(gen) << 32) | idx as usize)
+}
+
+/// Opens a nonblocking socket and starts connecting it.
+fn open_socket(source: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    if let Some(src) = source {
+        // Port 0 + IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect(),
+        // per destination, so each (source, target) pair has the whole
+        // ephemeral range.
+        // (socket2 0.5 has no setter for it; nix does.)
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        )?;
+        socket.bind(&SocketAddr::V4(src).into())?;
+    }
+    match socket.connect(&SocketAddr::V4(target).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+impl Driver {
+    /// Builds the driver and allocates (and touches) everything that does
+    /// not grow with sessions, so that it is part of the warm baseline.
+    pub fn prepare(
+        spec: DriverSpec,
+        plan: Arc<AddressPlan>,
+        model: Arc<HeartbeatModel>,
+        shared: Arc<DriverShared>,
+    ) -> io::Result<Driver> {
+        if let Some(cpu) = spec.cpu {
+            // Best effort: a CPU outside our cpuset only costs locality.
+            let _ = crate::host::pin_current_thread(cpu);
+        }
+        let poll = Poll::new()?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&timer.as_fd().as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        let count = spec.count as usize;
+        let bucket = TokenBucket::new(spec.rate_per_s, (spec.rate_per_s / 100.0).max(1.0), 0);
+        Ok(Driver {
+            poll,
+            events: Events::with_capacity(1024),
+            timer,
+            armed_ms: None,
+            sessions: Vec::with_capacity(count),
+            sockets: Vec::with_capacity(count),
+            wheel: DeadlineWheel::new(0, count),
+            pending: VecDeque::with_capacity(spec.max_inflight as usize),
+            read_spill: HashMap::new(),
+            write_spill: HashMap::new(),
+            scratch: crate::resident::resident(READ_BUF, 0u8),
+            out: Vec::with_capacity(64),
+            digits: Vec::with_capacity(20),
+            due: Vec::with_capacity(1024),
+            bucket,
+            inflight: 0,
+            counters: Counters::default(),
+            histos: Histos::new(),
+            first_errors: BTreeMap::new(),
+            held_recorded: false,
+            next_flush_ms: 1_000,
+            spec,
+            plan,
+            model,
+            clock: RunClock::from_epoch_ns(0),
+            shared,
+        })
+    }
+
+    /// Heartbeats sent on live connections and not answered yet.
+    fn unanswered(&self) -> u64 {
+        let c = &self.counters;
+        c.heartbeats_sent
+            .saturating_sub(c.heartbeats_answered + c.heartbeats_lost)
+    }
+
+    fn sid(&self, idx: u32) -> u64 {
+        self.spec.first_sid + u64::from(idx) * self.spec.stride
+    }
+
+    /// Runs the loop from the epoch of `clock` until the run's end.
+    pub fn run(mut self, clock: RunClock) -> io::Result<()> {
+        self.clock = clock;
+        let result = self.run_loop();
+        self.shutdown();
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
+        let tl = self.spec.timeline.clone();
+        loop {
+            let now_us = self.clock.now_us();
+            let now = (now_us / 1_000) as u32;
+            if self.shared.stop.load(Ordering::Relaxed) || now >= tl.deadline_ms {
+                return Ok(());
+            }
+            if now >= tl.end_ms && self.unanswered() == 0 {
+                return Ok(());
+            }
+            if !self.held_recorded && now >= tl.hold_end_ms {
+                self.counters.held_at_end = self.counters.open;
+                self.held_recorded = true;
+            }
+            self.expire(now, now_us);
+            self.start_connects(now, now_us);
+            if now >= self.next_flush_ms {
+                self.flush();
+                self.next_flush_ms = (now / 1_000 + 1) * 1_000;
+            }
+            let wake = self.next_wake(now, now_us, &tl);
+            self.arm(wake)?;
+            let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+            let polled = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(250)));
+            match polled {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.events = events;
+                    return Err(e);
+                }
+            }
+            let now_us = self.clock.now_us();
+            for event in events.iter() {
+                self.dispatch(event, now_us);
+            }
+            self.events = events;
+        }
+    }
+
+    fn dispatch(&mut self, event: &mio::event::Event, now_us: u64) {
+        if event.token() == TIMER {
+            // Nonblocking read of the expiration count; EAGAIN is fine.
+            let _ = self.timer.wait();
+            self.armed_ms = None;
+            return;
+        }
+        let idx = (event.token().0 & 0xFFFF_FFFF) as u32;
+        let gen = (event.token().0 >> 32) as u16;
+        let Some(s) = self.sessions.get(idx as usize) else {
+            return;
+        };
+        if s.gen() != gen {
+            return; // stale: that connection is gone
+        }
+        match s.state() {
+            State::Connecting => self.on_connect_event(idx, now_us),
+            State::Open => {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.on_readable(idx, now_us);
+                }
+                let s = &self.sessions[idx as usize];
+                if event.is_writable() && s.gen() == gen && s.has_write_spill() {
+                    self.flush_write(idx, now_us);
+                }
+            }
+            State::Waiting | State::Done => {}
+        }
+    }
+
+    fn next_wake(&self, now: u32, now_us: u64, tl: &Timeline) -> u32 {
+        let mut wake = self.next_flush_ms.min(tl.deadline_ms);
+        if let Some(t) = self.wheel.next_deadline() {
+            wake = wake.min(t);
+        }
+        if !self.held_recorded {
+            wake = wake.min(tl.hold_end_ms);
+        }
+        if now < tl.end_ms {
+            wake = wake.min(tl.end_ms);
+            let ramping = (self.sessions.len() as u64) < self.spec.count;
+            if ramping && self.inflight < self.spec.max_inflight {
+                let t = self.bucket.next_token_us(now_us).div_ceil(1_000);
+                wake = wake.min(t.min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        wake
+    }
+
+    fn arm(&mut self, wake_ms: u32) -> io::Result<()> {
+        if self.armed_ms == Some(wake_ms) {
+            return Ok(());
+        }
+        let at = TimeSpec::from(Duration::from_nanos(self.clock.abs_ns(wake_ms)));
+        self.timer.set(
+            Expiration::OneShot(at),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        )?;
+        self.armed_ms = Some(wake_ms);
+        Ok(())
+    }
+
+    fn expire(&mut self, now: u32, now_us: u64) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(now, &mut due);
+        for &idx in &due {
+            self.advance(idx, now, now_us);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    /// Runs a session's steps until it waits.
+    fn advance(&mut self, idx: u32, now: u32, now_us: u64) {
+        let sid = self.sid(idx);
+        loop {
+            let s = &mut self.sessions[idx as usize];
+            let outstanding = u64::from(s.outstanding());
+            match s.poll(&self.model, sid, now) {
+                Step::Heartbeat { intended_ms } => {
+                    if !self.send_heartbeat(idx, intended_ms, now, now_us) {
+                        return;
+                    }
+                }
+                Step::ConnectTimeout => {
+                    self.fail(idx, ErrorKind::Timeout, now, None);
+                    return;
+                }
+                Step::Close(_) => {
+                    self.counters.closes_planned += 1;
+                    self.counters.open -= 1;
+                    self.drop_connection(idx, outstanding);
+                }
+                Step::Connect => {
+                    self.pending.push_back(idx);
+                    return;
+                }
+                Step::Wait(Some(t)) => {
+                    self.wheel.schedule(idx, t);
+                    return;
+                }
+                Step::Wait(None) => return,
+            }
+        }
+    }
+
+    /// Closes the socket and forgets spilled bytes; `lost` heartbeats of
+    /// this connection will never be answered.
+    fn drop_connection(&mut self, idx: u32, lost: u64) {
+        self.counters.heartbeats_lost += lost;
+        self.sockets[idx as usize] = None;
+        if !self.read_spill.is_empty() {
+            self.read_spill.remove(&idx);
+        }
+        if !self.write_spill.is_empty() {
+            self.write_spill.remove(&idx);
+        }
+    }
+
+    /// Counts a failure, closes the connection, schedules the retry.
+    fn fail(&mut self, idx: u32, kind: ErrorKind, now: u32, err: Option<String>) {
+        self.counters.error(kind);
+        if let Some(text) = err {
+            self.first_errors.entry(kind.key()).or_insert(text);
+        }
+        let s = &self.sessions[idx as usize];
+        match s.state() {
+            State::Connecting => self.inflight -= 1,
+            State::Open => self.counters.open -= 1,
+            State::Waiting | State::Done => {}
+        }
+        self.drop_connection(idx, u64::from(s.outstanding()));
+        let sid = self.sid(idx);
+        match self.sessions[idx as usize].failed(&self.model, sid, now) {
+            Some(t) => self.wheel.schedule(idx, t),
+            None => self.wheel.cancel(idx),
+        }
+    }
+
+    fn start_connects(&mut self, now: u32, now_us: u64) {
+        if now >= self.spec.timeline.end_ms {
+            return;
+        }
+        while self.inflight < self.spec.max_inflight {
+            if let Some(idx) = self.pending.pop_front() {
+                self.connect(idx, now, now_us);
+            } else if (self.sessions.len() as u64) < self.spec.count && self.bucket.try_take(now_us)
+            {
+                let sid = self.sid(self.sessions.len() as u32);
+                self.sessions
+                    .push(ClientSession::new(self.model.class_of(sid)));
+                self.sockets.push(None);
+                let idx = self.wheel.push_entry();
+                self.connect(idx, now, now_us);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn connect(&mut self, idx: u32, now: u32, now_us: u64) {
+        let (source, target) = self.plan.endpoints(self.sid(idx));
+        self.counters.connects_started += 1;
+        self.inflight += 1;
+        let s = &mut self.sessions[idx as usize];
+        let deadline = s.start_connect(now_us, self.spec.connect_timeout_ms);
+        let tok = token(idx, s.gen());
+        self.wheel.schedule(idx, deadline);
+        let opened = open_socket(source, target).and_then(|stream| {
+            let fd = stream.as_raw_fd();
+            let both = Interest::READABLE | Interest::WRITABLE;
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), tok, both)?;
+            Ok(stream)
+        });
+        match opened {
+            Ok(stream) => self.sockets[idx as usize] = Some(stream),
+            Err(e) => self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
+        }
+    }
+
+    fn on_connect_event(&mut self, idx: u32, now_us: u64) {
+        let now = (now_us / 1_000) as u32;
+        let Some(stream) = self.sockets[idx as usize].as_mut() else {
+            return;
+        };
+        let status = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => stream.peer_addr().map(drop),
+        };
+        match status {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
+        }
+        if !self.set_write_interest(idx, false, now) {
+            return;
+        }
+        self.inflight -= 1;
+        self.counters.connects_ok += 1;
+        self.counters.open += 1;
+        let sid = self.sid(idx);
+        let s = &mut self.sessions[idx as usize];
+        let latency = s.connect_latency_us(now_us);
+        self.histos.connect.saturating_record(u64::from(latency));
+        match s.connected(&self.model, sid, now) {
+            Some(t) => self.wheel.schedule(idx, t),
+            None => self.wheel.cancel(idx),
+        }
+    }
+
+    /// Sends one heartbeat; false if the connection failed doing so.
+    fn send_heartbeat(&mut self, idx: u32, intended_ms: u32, now: u32, now_us: u64) -> bool {
+        let intended_us = u64::from(intended_ms) * 1_000;
+        self.histos
+            .send_lag
+            .saturating_record(now_us.saturating_sub(intended_us));
+        self.digits.clear();
+        push_decimal(intended_us, &mut self.digits);
+        self.out.clear();
+        encode_command(&[b"PING", &self.digits], &mut self.out);
+        self.counters.heartbeats_sent += 1;
+        if self.sessions[idx as usize].has_write_spill() {
+            if let Some(spill) = self.write_spill.get_mut(&idx) {
+                spill.extend_from_slice(&self.out);
+            }
+            return true;
+        }
+        let Some(stream) = self.sockets[idx as usize].as_mut() else {
+            return false;
+        };
+        let written = match stream.write(&self.out) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(e) => {
+                self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+                return false;
+            }
+        };
+        if written < self.out.len() {
+            self.counters.write_spills += 1;
+            let rest = self.out[written..].to_vec();
+            self.write_spill.insert(idx, rest);
+            return self.set_write_interest(idx, true, now);
+        }
+        true
+    }
+
+    fn set_write_interest(&mut self, idx: u32, on: bool, now: u32) -> bool {
+        let s = &mut self.sessions[idx as usize];
+        s.set_write_spill(on);
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let tok = token(idx, s.gen());
+        let Some(stream) = self.sockets[idx as usize].as_mut() else {
+            return false;
+        };
+        let fd = stream.as_raw_fd();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .reregister(&mut SourceFd(&fd), tok, interest)
+        {
+            self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+            return false;
+        }
+        true
+    }
+
+    fn flush_write(&mut self, idx: u32, now_us: u64) {
+        let now = (now_us / 1_000) as u32;
+        let (Some(stream), Some(spill)) = (
+            self.sockets[idx as usize].as_mut(),
+            self.write_spill.get_mut(&idx),
+        ) else {
+            return;
+        };
+        match stream.write(spill) {
+            Ok(n) => {
+                spill.drain(..n);
+                if spill.is_empty() {
+                    self.write_spill.remove(&idx);
+                    self.set_write_interest(idx, false, now);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
+        }
+    }
+
+    fn on_readable(&mut self, idx: u32, now_us: u64) {
+        let now = (now_us / 1_000) as u32;
+        loop {
+            let Some(stream) = self.sockets[idx as usize].as_mut() else {
+                return;
+            };
+            let n = match stream.read(&mut self.scratch) {
+                Ok(0) => return self.fail(idx, ErrorKind::Eof, now, None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
+            };
+            let s = &mut self.sessions[idx as usize];
+            let result = if s.has_read_spill() {
+                let mut buf = self.read_spill.remove(&idx).unwrap_or_default();
+                buf.extend_from_slice(&self.scratch[..n]);
+                let r = consume_replies(s, &mut self.counters, &mut self.histos, &buf, now_us);
+                r.map(|used| buf[used..].to_vec())
+            } else {
+                let buf = &self.scratch[..n];
+                let r = consume_replies(s, &mut self.counters, &mut self.histos, buf, now_us);
+                r.map(|used| buf[used..].to_vec())
+            };
+            match result {
+                Ok(rest) => {
+                    let s = &mut self.sessions[idx as usize];
+                    s.set_read_spill(!rest.is_empty());
+                    if !rest.is_empty() {
+                        self.counters.read_spills += 1;
+                        self.read_spill.insert(idx, rest);
+                    }
+                }
+                Err((kind, text)) => return self.fail(idx, kind, now, text),
+            }
+            if n < self.scratch.len() {
+                return; // drained: a short read means the socket buffer is empty
+            }
+        }
+    }
+
+    /// Publishes counters and interval histograms to the fleet.
+    fn flush(&mut self) {
+        let mut report = self.shared.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.counters = self.counters.clone();
+        report.histos.add(&self.histos);
+        for (k, v) in &self.first_errors {
+            report.first_errors.entry(k).or_insert_with(|| v.clone());
+        }
+        drop(report);
+        self.histos.reset();
+    }
+
+    fn shutdown(&mut self) {
+        if !self.held_recorded {
+            self.counters.held_at_end = self.counters.open;
+        }
+        // Dropping the sockets closes them (FIN); closing also removes them
+        // from the epoll set.
+        self.sockets.clear();
+        self.counters.open = 0;
+        self.flush();
+        self.shared.finished.store(true, Ordering::Release);
+    }
+}
+
+/// Parses every complete reply in `buf`; returns the bytes consumed.
+fn consume_replies(
+    s: &mut ClientSession,
+    counters: &mut Counters,
+    histos: &mut Histos,
+    buf: &[u8],
+    now_us: u64,
+) -> Result<usize, (ErrorKind, Option<String>)> {
+    let mut pos = 0;
+    loop {
+        match decode_reply(&buf[pos..], MAX_REPLY) {
+            Ok(Some((Reply::Bulk(Some(payload)), used))) => {
+                let Some(intended_us) = parse_i64(payload).filter(|v| *v >= 0) else {
+                    let text = format!(
+                        "bulk reply {:?} is not a send time",
+                        payload.escape_ascii().to_string()
+                    );
+                    return Err((ErrorKind::Protocol, Some(text)));
+                };
+                histos
+                    .rtt
+                    .saturating_record(now_us.saturating_sub(intended_us as u64));
+                s.answered();
+                counters.heartbeats_answered += 1;
+                pos += used;
+            }
+            Ok(Some((Reply::Error(text), _))) => {
+                return Err((
+                    ErrorKind::ServerError,
+                    Some(String::from_utf8_lossy(text).into_owned()),
+                ));
+            }
+            Ok(Some((other, _))) => {
+                return Err((
+                    ErrorKind::Protocol,
+                    Some(format!("unexpected reply {other:?}")),
+                ));
+            }
+            Ok(None) => return Ok(pos),
+            Err(e) => {
+                return Err((
+                    ErrorKind::Protocol,
+                    Some(format!(
+                        "{e}: {:?}",
+                        String::from_utf8_lossy(&buf[pos..buf.len().min(pos + 80)])
+                    )),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_parsed_across_splits_and_rtt_comes_from_the_payload() {
+        let mut s = ClientSession::new(0);
+        let mut c = Counters::default();
+        let mut h = Histos::new();
+        let bytes = b"$4\r\n1000\r\n$4\r\n2000\r\n$4\r\n30";
+        let used = consume_replies(&mut s, &mut c, &mut h, bytes, 5_000).unwrap();
+        assert_eq!(used, 20);
+        assert_eq!(c.heartbeats_answered, 2);
+        // 5000 - 1000 and 5000 - 2000, at 3 significant digits.
+        assert!((3_996..=4_004).contains(&h.rtt.max()), "{}", h.rtt.max());
+        assert_eq!(h.rtt.min(), 3_000);
+        let err = consume_replies(&mut s, &mut c, &mut h, b"-ERR max clients\r\n", 0).unwrap_err();
+        assert_eq!(err.0, ErrorKind::ServerError);
+        let err = consume_replies(&mut s, &mut c, &mut h, b"+PONG\r\n", 0).unwrap_err();
+        assert_eq!(err.0, ErrorKind::Protocol);
+        let err = consume_replies(&mut s, &mut c, &mut h, b"$3\r\nabc\r\n", 0).unwrap_err();
+        assert_eq!(err.0, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn per_session_footprint_fits_32_bytes() {
+        let per_session = std::mem::size_of::<ClientSession>()
+            + 12 // wheel entry: next, prev, deadline
+            + std::mem::size_of::<Option<TcpStream>>();
+        assert!(per_session <= 32, "{per_session}");
+    }
+
+    #[test]
+    fn tokens_carry_index_and_generation() {
+        let t = token(123_456, 7);
+        assert_eq!(t.0 & 0xFFFF_FFFF, 123_456);
+        assert_eq!(t.0 >> 32, 7);
+        assert_ne!(token(u32::MAX - 1, u16::MAX), TIMER);
+    }
+}

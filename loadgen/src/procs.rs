@@ -1,0 +1,445 @@
+//! Fan-out to child processes, for runs that need more descriptors than
+//! one process's RLIMIT_NOFILE hard limit allows.
+//!
+//! The parent re-executes itself as `c10m-loadgen run --child`, one child
+//! per share of the drivers. Protocol, one line each:
+//!
+//! - parent → child stdin: a [`ChildOrder`] (JSON), later `go <epoch_ns>`
+//!   (CLOCK_MONOTONIC is system-wide, so every process shares the epoch),
+//!   and `stop` to end early. EOF on stdin also means stop.
+//! - child → parent stdout: [`ChildMsg`] JSON lines: `ready` once its
+//!   drivers are prepared (the parent takes the warm RSS baseline when all
+//!   are), then a `tick` every second with cumulative counters and the
+//!   interval's histograms (HdrHistogram V2, base64), the last one marked.
+//!
+//! The parent adds the histograms, so merged percentiles are exact. A child
+//! dies with its parent (PR_SET_PDEATHSIG), and dropping a `ChildFleet`
+//! kills and reaps whatever is left: no orphans.
+#![forbid(unsafe_code)]
+
+use crate::clock::RunClock;
+use crate::fleet::{LocalFleet, Share, Snapshot};
+use crate::scenario::RunConfig;
+use crate::stats::{Counters, Histos};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Descriptors a process needs besides its sessions: stdio, pipes, one
+/// epoll and one timerfd per driver, slack for the process's own files.
+pub fn reserved_fds(threads: usize) -> u64 {
+    64 + 4 * threads as u64
+}
+
+/// Processes and threads per process for `config` under a hard
+/// RLIMIT_NOFILE of `nofile_hard` on `cores` CPUs.
+pub fn layout(config: &RunConfig, nofile_hard: u64, cores: usize) -> Result<(usize, usize)> {
+    let guess_threads = if config.threads > 0 {
+        config.threads
+    } else {
+        cores
+    };
+    let per_proc = nofile_hard
+        .saturating_sub(reserved_fds(guess_threads))
+        .max(1);
+    let procs = match config.procs {
+        0 => config.sessions.div_ceil(per_proc).max(1) as usize,
+        k => {
+            let each = config.sessions.div_ceil(k as u64);
+            if each > per_proc {
+                let need = config.sessions.div_ceil(per_proc);
+                bail!(
+                    "RLIMIT_NOFILE hard limit is {nofile_hard}: {} sessions in {k} process(es) need \
+                     {} descriptors each, at most {per_proc} fit; use --procs {need} (or auto)",
+                    config.sessions,
+                    each + reserved_fds(guess_threads),
+                );
+            }
+            k
+        }
+    };
+    let threads = if config.threads > 0 {
+        config.threads
+    } else {
+        (cores / procs).max(1)
+    };
+    Ok((procs, threads))
+}
+
+/// What a child is told to do (its first stdin line).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildOrder {
+    pub config: RunConfig,
+    pub index: usize,
+    pub procs: usize,
+    pub threads: usize,
+}
+
+/// A child's stdout line. (One a second: the size gap between variants
+/// does not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum ChildMsg {
+    Ready,
+    Tick {
+        counters: Counters,
+        histos: [String; 3],
+        first_errors: BTreeMap<String, String>,
+        last: bool,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Msg(ChildMsg),
+    Gone,
+}
+
+/// The children of a fanned-out run; see the module docs.
+pub struct ChildFleet {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    rx: mpsc::Receiver<(usize, Event)>,
+    totals: Vec<Counters>,
+    done: Vec<bool>,
+    failures: Vec<String>,
+}
+
+impl ChildFleet {
+    /// Spawns `procs` children and waits until every one is ready.
+    pub fn start(config: &RunConfig, procs: usize, threads: usize) -> Result<ChildFleet> {
+        let exe = std::env::current_exe().context("cannot find this executable to re-run it")?;
+        let (tx, rx) = mpsc::channel();
+        let mut fleet = ChildFleet {
+            children: Vec::new(),
+            stdins: Vec::new(),
+            rx,
+            totals: vec![Counters::default(); procs],
+            done: vec![false; procs],
+            failures: Vec::new(),
+        };
+        for index in 0..procs {
+            let mut child = Command::new(&exe)
+                .args(["run", "--child"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("cannot start child process {index}"))?;
+            let mut stdin = child.stdin.take().expect("piped");
+            let stdout = child.stdout.take().expect("piped");
+            fleet.children.push(child);
+            let order = ChildOrder {
+                config: config.clone(),
+                index,
+                procs,
+                threads,
+            };
+            writeln!(stdin, "{}", serde_json::to_string(&order)?)?;
+            fleet.stdins.push(Some(stdin));
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let event = match serde_json::from_str::<ChildMsg>(&line) {
+                        Ok(msg) => Event::Msg(msg),
+                        Err(e) => Event::Msg(ChildMsg::Failed {
+                            error: format!("unreadable line from child: {e}"),
+                        }),
+                    };
+                    if tx.send((index, event)).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((index, Event::Gone));
+            });
+        }
+        let mut ready = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ready < procs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match fleet.rx.recv_timeout(left) {
+                Ok((_, Event::Msg(ChildMsg::Ready))) => ready += 1,
+                Ok((i, Event::Msg(ChildMsg::Failed { error }))) => {
+                    bail!("child {i} failed: {error}")
+                }
+                Ok((i, _)) => bail!("child {i} exited while starting"),
+                Err(_) => bail!("children not ready after 60 s"),
+            }
+        }
+        Ok(fleet)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
+    fn tell_all(&mut self, line: &str) {
+        for stdin in self.stdins.iter_mut().flatten() {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
+    /// Starts every child on the run's epoch.
+    pub fn go(&mut self, clock: RunClock) {
+        self.tell_all(&format!("go {}", clock.epoch_ns()));
+    }
+
+    pub fn stop(&mut self) {
+        self.tell_all("stop");
+    }
+
+    /// True once every child sent its last tick or exited.
+    pub fn finished(&self) -> bool {
+        self.done.iter().all(|d| *d)
+    }
+
+    /// Adds every tick received so far into `snap`; waits at most `wait`
+    /// for the first one.
+    pub fn collect(&mut self, snap: &mut Snapshot, wait: Duration) {
+        let mut next = self.rx.recv_timeout(wait).ok();
+        while let Some((i, event)) = next {
+            match event {
+                Event::Msg(ChildMsg::Tick {
+                    counters,
+                    histos,
+                    first_errors,
+                    last,
+                }) => {
+                    self.totals[i] = counters;
+                    match Histos::decode(&histos) {
+                        Ok(h) => snap.histos.add(&h),
+                        Err(e) => self.failures.push(format!("child {i}: {e}")),
+                    }
+                    for (k, v) in first_errors {
+                        snap.first_errors.entry(k).or_insert(v);
+                    }
+                    self.done[i] |= last;
+                }
+                Event::Msg(ChildMsg::Failed { error }) => {
+                    self.failures.push(format!("child {i}: {error}"))
+                }
+                Event::Msg(ChildMsg::Ready) => {}
+                Event::Gone => {
+                    if !self.done[i] {
+                        self.failures
+                            .push(format!("child {i} exited before its last report"));
+                    }
+                    self.done[i] = true;
+                }
+            }
+            next = self.rx.try_recv().ok();
+        }
+        snap.counters = Counters::default();
+        for t in &self.totals {
+            snap.counters.add(t);
+        }
+    }
+
+    /// Waits (until `deadline`) for every child's last tick and exit.
+    pub fn join(mut self, snap: &mut Snapshot, deadline: Instant) -> Result<()> {
+        while !self.finished() && Instant::now() < deadline {
+            self.collect(snap, Duration::from_millis(200));
+        }
+        self.stdins.clear();
+        for (i, child) in self.children.iter_mut().enumerate() {
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => self
+                    .failures
+                    .push(format!("child {i} exited with {status}")),
+                Err(e) => self.failures.push(format!("child {i}: {e}")),
+            }
+        }
+        self.children.clear();
+        if !self.finished() {
+            self.failures
+                .push("children did not finish by the run's deadline".into());
+        }
+        match self.failures.first() {
+            None => Ok(()),
+            Some(first) => Err(anyhow!(
+                "{first} ({} failure(s) in all)",
+                self.failures.len()
+            )),
+        }
+    }
+}
+
+impl Drop for ChildFleet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `--child` side: run one share of the drivers and report on stdout.
+pub fn child_main() -> Result<()> {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    let mut lines = BufReader::new(std::io::stdin()).lines();
+    let first = lines.next().context("no order on stdin")??;
+    let order: ChildOrder = serde_json::from_str(&first).context("bad child order")?;
+    let result = run_child(order, lines);
+    if let Err(e) = &result {
+        emit(&ChildMsg::Failed {
+            error: format!("{e:#}"),
+        });
+    }
+    result
+}
+
+fn emit(msg: &ChildMsg) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, msg);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn run_child(
+    order: ChildOrder,
+    mut lines: std::io::Lines<BufReader<std::io::Stdin>>,
+) -> Result<()> {
+    let config = order.config;
+    crate::host::raise_nofile();
+    let plan = Arc::new(crate::run::address_plan(&config)?);
+    let model = Arc::new(config.model());
+    let share = Share {
+        index: order.index,
+        procs: order.procs,
+        threads: order.threads,
+    };
+    let mut fleet = LocalFleet::start(&config, plan, model, share)?;
+    // Warm the per-second path (collect, encode) before the parent's baseline.
+    let mut snap = Snapshot::default();
+    fleet.collect(&mut snap);
+    let _ = Histos::every_bucket().encode();
+    emit(&ChildMsg::Ready);
+    let go = lines.next().context("no go line")??;
+    let epoch: u64 = go
+        .strip_prefix("go ")
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("bad go line {go:?}"))?;
+    let clock = RunClock::from_epoch_ns(epoch);
+    fleet.go(clock);
+    let stopper = fleet.stop_handle();
+    std::thread::spawn(move || {
+        for line in lines {
+            match line {
+                Ok(l) if l.trim() == "stop" => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        stopper.stop(); // "stop", or the parent is gone
+    });
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, signalled.clone())?;
+    }
+    let mut second = 1u64;
+    while !fleet.finished() {
+        if signalled.load(Ordering::Relaxed) {
+            fleet.stop_handle().stop();
+        }
+        if clock.now_us() >= second * 1_000_000 + 50_000 {
+            fleet.collect(&mut snap);
+            emit_tick(&snap, false);
+            snap.clear();
+            snap.first_errors.clear();
+            second += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.join(&mut snap)?;
+    emit_tick(&snap, true);
+    Ok(())
+}
+
+fn emit_tick(snap: &Snapshot, last: bool) {
+    emit(&ChildMsg::Tick {
+        counters: snap.counters.clone(),
+        histos: snap.histos.encode(),
+        first_errors: snap.first_errors.clone(),
+        last,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::RunArgs;
+
+    fn config(sessions: u64, procs: Option<&str>) -> RunConfig {
+        let args = RunArgs {
+            sessions: Some(sessions),
+            procs: procs.map(String::from),
+            progress: "off".into(),
+            ..RunArgs::default()
+        };
+        RunConfig::resolve(&args).unwrap()
+    }
+
+    #[test]
+    fn auto_fans_out_past_the_descriptor_cap() {
+        assert_eq!(layout(&config(15_000, None), 20_000, 2).unwrap(), (1, 2));
+        assert_eq!(layout(&config(100_000, None), 20_000, 2).unwrap(), (6, 1));
+        assert_eq!(
+            layout(&config(1_000_000, None), 1_048_576, 24).unwrap(),
+            (1, 24)
+        );
+    }
+
+    #[test]
+    fn an_explicit_count_that_cannot_fit_is_refused_with_numbers() {
+        let err = layout(&config(30_000, Some("1")), 20_000, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RLIMIT_NOFILE hard limit is 20000"), "{err}");
+        assert!(err.contains("use --procs 2"), "{err}");
+        assert_eq!(
+            layout(&config(30_000, Some("2")), 20_000, 2).unwrap(),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn child_messages_round_trip() {
+        let mut h = Histos::new();
+        h.rtt.record(42).unwrap();
+        let msg = ChildMsg::Tick {
+            counters: Counters {
+                heartbeats_sent: 3,
+                ..Counters::default()
+            },
+            histos: h.encode(),
+            first_errors: BTreeMap::new(),
+            last: true,
+        };
+        let line = serde_json::to_string(&msg).unwrap();
+        assert!(!line.contains('\n'));
+        match serde_json::from_str::<ChildMsg>(&line).unwrap() {
+            ChildMsg::Tick {
+                counters,
+                histos,
+                last,
+                ..
+            } => {
+                assert!(last);
+                assert_eq!(counters.heartbeats_sent, 3);
+                assert_eq!(Histos::decode(&histos).unwrap().rtt.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

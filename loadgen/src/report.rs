@@ -1,0 +1,307 @@
+//! `summary.json` (the DESIGN.md results schema, plus a few keys), the CI
+//! thresholds, and the short table `c10m-loadgen report` prints.
+//!
+//! Memory per session is computed the MEASURING.md way: VmRSS summed over
+//! the role's processes with N sessions held and heartbeating, minus the
+//! same processes warmed up with 0 sessions, divided by N.
+#![forbid(unsafe_code)]
+
+use crate::host::HostFacts;
+use crate::scenario::RunConfig;
+use crate::stats::{percentiles, Counters, ErrorKind, HintContext, Histos};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// RSS of a role's processes, warm with 0 sessions and later with N.
+#[derive(Debug, Clone, Default)]
+pub struct RssMeasure {
+    pub baseline_bytes: u64,
+    pub held_bytes: u64,
+    pub sessions: u64,
+    pub processes: usize,
+}
+
+impl RssMeasure {
+    pub fn per_session(&self) -> f64 {
+        if self.sessions == 0 {
+            return 0.0;
+        }
+        (self.held_bytes as f64 - self.baseline_bytes as f64) / self.sessions as f64
+    }
+}
+
+/// The server process measured over the hold (`--server-pid`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerMeasure {
+    pub pid: u32,
+    pub rss: RssMeasure,
+    /// utime + stime over the window, and heartbeats answered in it.
+    pub cpu_s: f64,
+    pub heartbeats: u64,
+    pub window_s: f64,
+}
+
+/// Slab caches and MemAvailable, before the ramp and during the hold.
+#[derive(Debug, Clone, Default)]
+pub struct KernelMeasure {
+    pub slab_before: BTreeMap<String, u64>,
+    pub slab_held: BTreeMap<String, u64>,
+    pub mem_available_before: u64,
+    pub mem_available_held: u64,
+    pub connections: u64,
+    pub both_ends_local: bool,
+}
+
+/// Everything a finished run measured.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub config: RunConfig,
+    pub host: HostFacts,
+    pub procs: usize,
+    pub threads: usize,
+    pub counters: Counters,
+    pub histos: Histos,
+    pub first_errors: BTreeMap<String, String>,
+    pub peak_open: u64,
+    pub connect_rate_peak: u64,
+    pub connect_rate_mean: f64,
+    pub ramp_seconds: u64,
+    pub heartbeat_rate_peak: u64,
+    pub loadgen: RssMeasure,
+    /// The same with RssAnon instead of VmRSS.
+    pub loadgen_anon: RssMeasure,
+    pub server: Option<ServerMeasure>,
+    pub kernel: Option<KernelMeasure>,
+    pub duration_s: f64,
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Builds summary.json.
+pub fn summary(o: &RunOutcome) -> Value {
+    let c = &o.counters;
+    let (lo, hi) = o.host.port_range();
+    let hints = HintContext {
+        port_lo: lo,
+        port_hi: hi,
+        nofile_soft: o.host.rlimit_nofile_soft,
+        nofile_hard: o.host.rlimit_nofile_hard,
+    };
+    let mut errors = Map::new();
+    let mut error_hints = Map::new();
+    for kind in ErrorKind::ALL {
+        let n = c.errors[kind as usize];
+        errors.insert(kind.key().into(), json!(n));
+        if n > 0 {
+            error_hints.insert(kind.key().into(), json!(kind.hint(&hints)));
+        }
+    }
+    errors.insert("total".into(), json!(c.errors_total()));
+    let tl = o.config.timeline();
+    let mut s = json!({
+        "config": o.config,
+        "host": o.host,
+        "layout": {"procs": o.procs, "threads_per_proc": o.threads, "drivers": o.procs * o.threads},
+        "timeline_ms": {"ramp_end": tl.ramp_end_ms, "hold_end": tl.hold_end_ms, "end": tl.end_ms,
+                         "deadline": tl.deadline_ms},
+        "duration_s": round1(o.duration_s),
+        "sessions": {
+            "target": o.config.sessions,
+            "peak": o.peak_open,
+            "held_at_end": c.held_at_end,
+        },
+        "connect": {
+            "ok": c.connects_ok,
+            "started": c.connects_started,
+            "rate_per_s_peak": o.connect_rate_peak,
+            "rate_per_s_mean": round1(o.connect_rate_mean),
+            "ramp_seconds": o.ramp_seconds,
+            "latency_us": percentiles(&o.histos.connect),
+        },
+        "heartbeats": {
+            "sent": c.heartbeats_sent,
+            "answered": c.heartbeats_answered,
+            "lost_on_close": c.heartbeats_lost,
+            "rate_per_s_peak": o.heartbeat_rate_peak,
+        },
+        "rtt_us": percentiles(&o.histos.rtt),
+        "send_lag_us": percentiles(&o.histos.send_lag),
+        "errors": errors,
+        "error_hints": error_hints,
+        "first_errors": o.first_errors,
+        "spills": {"read": c.read_spills, "write": c.write_spills, "closes_planned": c.closes_planned},
+        "loadgen": {
+            "rss_bytes": o.loadgen.held_bytes,
+            "rss_baseline_bytes": o.loadgen.baseline_bytes,
+            "rss_bytes_per_session": round1(o.loadgen.per_session()),
+            "rss_anon_bytes_per_session": round1(o.loadgen_anon.per_session()),
+            "sessions_measured": o.loadgen.sessions,
+            "processes": o.loadgen.processes,
+            "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
+                       hold, minus the same processes warmed up with 0 sessions, / sessions open",
+        },
+    });
+    if let Some(server) = &o.server {
+        s["server"] = json!({
+            "pid": server.pid,
+            "rss_bytes": server.rss.held_bytes,
+            "rss_baseline_bytes": server.rss.baseline_bytes,
+            "rss_bytes_per_session": round1(server.rss.per_session()),
+            "cpu_us_per_heartbeat": if server.heartbeats > 0 {
+                round1(server.cpu_s * 1e6 / server.heartbeats as f64)
+            } else { 0.0 },
+            "cpu_window_s": round1(server.window_s),
+            "heartbeats_in_window": server.heartbeats,
+            "method": "VmRSS of the server during the hold minus at start-up with 0 sessions, / \
+                       sessions open; CPU = utime+stime over the hold (includes kernel work in \
+                       the server's context) / heartbeats answered in it",
+        });
+    }
+    if let Some(k) = &o.kernel {
+        let mut caches = Map::new();
+        let mut total: i64 = 0;
+        for (name, after) in &k.slab_held {
+            let delta = *after as i64 - *k.slab_before.get(name).unwrap_or(&0) as i64;
+            total += delta;
+            caches.insert(name.clone(), json!(delta));
+        }
+        let per = |bytes: i64| {
+            if k.connections > 0 {
+                round1(bytes as f64 / k.connections as f64)
+            } else {
+                0.0
+            }
+        };
+        let avail = k.mem_available_before as i64 - k.mem_available_held as i64;
+        s["kernel"] = json!({
+            "slab_bytes_per_connection": per(total),
+            "slab_delta_bytes": caches,
+            "mem_available_drop_per_connection": per(avail),
+            "connections": k.connections,
+            "note": if k.both_ends_local {
+                "loopback: each connection is two sockets (client and server), both counted"
+            } else {
+                "client side only"
+            },
+        });
+    }
+    s
+}
+
+/// The thresholds that failed, one phrase each.
+pub fn threshold_failures(config: &RunConfig, summary: &Value) -> Vec<String> {
+    let t = &config.thresholds;
+    let get = |ptr: &str| summary.pointer(ptr).and_then(Value::as_u64).unwrap_or(0);
+    let mut failed = Vec::new();
+    if let Some(want) = t.expect_sessions {
+        let held = get("/sessions/held_at_end");
+        if held < want {
+            failed.push(format!(
+                "--expect-sessions {want}: held {held} at the end of the hold"
+            ));
+        }
+    }
+    if let Some(max) = t.max_p99_us {
+        let p99 = get("/rtt_us/p99");
+        let count = get("/rtt_us/count");
+        if p99 > max || count == 0 {
+            failed.push(format!(
+                "--max-p99 {max}us: RTT p99 was {p99}us over {count} replies"
+            ));
+        }
+    }
+    if let Some(max) = t.max_errors {
+        let errors = get("/errors/total");
+        if errors > max {
+            failed.push(format!("--max-errors {max}: {errors} errors"));
+        }
+    }
+    failed
+}
+
+/// The short table of a summary (with the server's figures when present).
+pub fn table(s: &Value) -> String {
+    let u = |p: &str| s.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    let f = |p: &str| s.pointer(p).and_then(Value::as_f64);
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            "sessions held / target".into(),
+            format!("{} / {}", u("/sessions/held_at_end"), u("/sessions/target")),
+        ),
+        (
+            "connect rate peak / mean".into(),
+            format!(
+                "{}/s / {:.0}/s",
+                u("/connect/rate_per_s_peak"),
+                f("/connect/rate_per_s_mean").unwrap_or(0.0)
+            ),
+        ),
+        (
+            "connect latency p50 / p99".into(),
+            format!(
+                "{} us / {} us",
+                u("/connect/latency_us/p50"),
+                u("/connect/latency_us/p99")
+            ),
+        ),
+        (
+            "RTT p50 / p99 / max".into(),
+            format!(
+                "{} us / {} us / {} us",
+                u("/rtt_us/p50"),
+                u("/rtt_us/p99"),
+                u("/rtt_us/max")
+            ),
+        ),
+        (
+            "heartbeats sent / answered".into(),
+            format!("{} / {}", u("/heartbeats/sent"), u("/heartbeats/answered")),
+        ),
+        ("errors".into(), error_line(s)),
+        (
+            "loadgen RSS per session".into(),
+            format!(
+                "{:.1} B",
+                f("/loadgen/rss_bytes_per_session").unwrap_or(0.0)
+            ),
+        ),
+    ];
+    if let Some(v) = f("/server/rss_bytes_per_session") {
+        rows.push(("server RSS per session".into(), format!("{v:.1} B")));
+        let cpu = f("/server/cpu_us_per_heartbeat").unwrap_or(0.0);
+        rows.push(("server CPU per heartbeat".into(), format!("{cpu:.1} us")));
+    }
+    if let Some(v) = f("/kernel/slab_bytes_per_connection") {
+        rows.push((
+            "kernel slab per connection".into(),
+            format!("{v:.0} B (both ends)"),
+        ));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
+        .collect()
+}
+
+fn error_line(s: &Value) -> String {
+    let total = s
+        .pointer("/errors/total")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = ErrorKind::ALL
+        .iter()
+        .filter_map(|k| {
+            let n = s.pointer(&format!("/errors/{}", k.key()))?.as_u64()?;
+            (n > 0).then(|| format!("{}={n}", k.key()))
+        })
+        .collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests;

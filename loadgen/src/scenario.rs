@@ -1,0 +1,608 @@
+//! Scenarios: the `run` command line and the TOML file (see
+//! loadgen/scenarios/*.toml), resolved into one `RunConfig`.
+//!
+//! Flags override the file. The resolved config is what the run uses, what
+//! children receive (as JSON) and what `summary.json` records under
+//! `config`; times in it are milliseconds.
+//!
+//! The run's timeline: the ramp (nominally `sessions / rate`, rounded up to
+//! a whole second), then the phases in order; heartbeats stop at the end of
+//! the last phase; `grace` then bounds the wait for the last replies. A run
+//! without phases has one `hold` phase of `--hold`.
+#![forbid(unsafe_code)]
+
+use crate::model::{Churn, ClientClass, Drain, HeartbeatModel, Lifetime, Outage, Storm};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Longest run the u32-millisecond schedule allows, with margin.
+const MAX_RUN_MS: u64 = 30 * 24 * 3_600_000;
+
+/// `c10m-loadgen run` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Scenario file (TOML, see loadgen/scenarios/); flags override it.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Server address; repeat for several ports or addresses.
+    #[arg(long = "target", value_name = "HOST:PORT")]
+    pub targets: Vec<SocketAddr>,
+    /// Sessions to open and hold [default: 1000].
+    #[arg(long)]
+    pub sessions: Option<u64>,
+    /// New connections per second during the ramp [default: 1000].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most connects in flight at once [default: 1000].
+    #[arg(long)]
+    pub max_inflight: Option<u32>,
+    /// A connect not established by then counts as a timeout [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// How long to hold the sessions after the ramp (a run without phases) [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+    /// Heartbeat interval of the default class [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Heartbeat jitter, e.g. `10%` or `0.1` [default: 10%].
+    #[arg(long, value_parser = parse_fraction)]
+    pub jitter: Option<f64>,
+    /// Source addresses (CIDR) [default for loopback targets: 127.1.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    pub source: Option<String>,
+    /// Driver threads per process [default: one per CPU, shared among processes].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Processes: `auto` (as many as RLIMIT_NOFILE needs) or a number [default: auto].
+    #[arg(long)]
+    pub procs: Option<String>,
+    /// Seed of every random choice (schedules are pure functions of it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// After the last phase, wait this long at most for outstanding replies [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Write summary.json, timeline.csv and *.hlog here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit 3 unless at least this many sessions are held at the end of the hold.
+    #[arg(long)]
+    pub expect_sessions: Option<u64>,
+    /// Exit 3 if the RTT p99 exceeds this.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
+    /// Exit 3 if more errors than this occur.
+    #[arg(long)]
+    pub max_errors: Option<u64>,
+    /// Server process to measure (RSS and CPU, MEASURING.md) beside the loadgen.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Allow targets outside 127.0.0.0/8 (never on shared test hosts).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Progress display: auto (bar on a terminal, lines otherwise), bar, plain, off.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Internal: run as a child of a fanned-out run (config on stdin).
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 5m, 250ms)"))
+}
+
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a fraction (write 10% or 0.1)"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?} is outside 0..100%"));
+    }
+    Ok(v)
+}
+
+/// A duration in a TOML file: a humantime string ("30s").
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+struct Dur(Duration);
+
+impl TryFrom<String> for Dur {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_duration(&s).map(Dur)
+    }
+}
+
+/// A fraction in a TOML file: "10%" or 0.1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Frac {
+    Number(f64),
+    Text(String),
+}
+
+impl Frac {
+    fn value(&self) -> Result<f64> {
+        match self {
+            Frac::Number(v) => parse_fraction(&v.to_string()),
+            Frac::Text(s) => parse_fraction(s),
+        }
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+fn ms(d: Dur) -> u64 {
+    d.0.as_millis() as u64
+}
+
+/// The scenario file's schema (see loadgen/scenarios/README.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    description: Option<String>,
+    targets: Option<Vec<SocketAddr>>,
+    sessions: Option<u64>,
+    rate: Option<f64>,
+    max_inflight: Option<u32>,
+    connect_timeout: Option<Dur>,
+    hold: Option<Dur>,
+    heartbeat: Option<Dur>,
+    jitter: Option<Frac>,
+    source: Option<String>,
+    threads: Option<usize>,
+    procs: Option<toml::Value>,
+    seed: Option<u64>,
+    grace: Option<Dur>,
+    #[serde(default, rename = "class")]
+    classes: Vec<ClassFile>,
+    churn: Option<ChurnFile>,
+    #[serde(default, rename = "phase")]
+    phases: Vec<PhaseFile>,
+    #[serde(default)]
+    thresholds: ThresholdsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassFile {
+    name: String,
+    weight: f64,
+    heartbeat: Dur,
+    jitter: Option<Frac>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChurnFile {
+    lifetime: String,
+    mean: Dur,
+    sigma: Option<f64>,
+    reconnect: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseFile {
+    kind: String,
+    duration: Dur,
+    fraction: Option<Frac>,
+    window: Option<Dur>,
+    down: Option<Dur>,
+    backoff: Option<Dur>,
+    backoff_max: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdsFile {
+    expect_sessions: Option<u64>,
+    max_p99: Option<Dur>,
+    max_errors: Option<u64>,
+}
+
+/// One client class, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassConfig {
+    pub name: String,
+    pub weight: f64,
+    pub heartbeat_ms: u64,
+    pub jitter: f64,
+}
+
+/// Churn, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnConfig {
+    /// "exponential" or "lognormal".
+    pub lifetime: String,
+    pub mean_ms: u64,
+    pub sigma: f64,
+    pub reconnect_ms: u64,
+}
+
+/// One phase, resolved. `kind`: hold, storm, outage, drain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseConfig {
+    pub kind: String,
+    pub duration_ms: u64,
+    pub fraction: f64,
+    pub window_ms: u64,
+    pub down_ms: u64,
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+/// CI thresholds; each `None` is not checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub expect_sessions: Option<u64>,
+    pub max_p99_us: Option<u64>,
+    pub max_errors: Option<u64>,
+}
+
+/// Everything a run needs, resolved; see the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub scenario: Option<PathBuf>,
+    pub description: Option<String>,
+    pub targets: Vec<SocketAddr>,
+    pub source: Option<String>,
+    pub allow_remote: bool,
+    pub sessions: u64,
+    pub rate: f64,
+    pub max_inflight: u32,
+    pub connect_timeout_ms: u64,
+    /// Per process; 0 = one per CPU shared among the processes.
+    pub threads: usize,
+    /// 0 = auto.
+    pub procs: usize,
+    pub seed: u64,
+    pub grace_ms: u64,
+    pub classes: Vec<ClassConfig>,
+    pub churn: Option<ChurnConfig>,
+    pub phases: Vec<PhaseConfig>,
+    pub thresholds: Thresholds,
+    pub out: Option<PathBuf>,
+    pub server_pid: Option<u32>,
+    pub progress: String,
+}
+
+/// Phase boundaries of a run, in ms since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeline {
+    pub ramp_end_ms: u32,
+    /// (kind, start, end) of each phase.
+    pub phases: Vec<(String, u32, u32)>,
+    /// When the hold ends: the drain's start, else `end_ms`.
+    pub hold_end_ms: u32,
+    /// When heartbeats stop.
+    pub end_ms: u32,
+    /// Hard stop: `end_ms + grace`.
+    pub deadline_ms: u32,
+}
+
+impl RunConfig {
+    /// Resolves flags over the scenario file (if any) over the defaults.
+    pub fn resolve(args: &RunArgs) -> Result<RunConfig> {
+        let file = match &args.scenario {
+            Some(path) => load_file(path)?,
+            None => ScenarioFile::default(),
+        };
+        let jitter = match args.jitter {
+            Some(j) => j,
+            None => file
+                .jitter
+                .as_ref()
+                .map(|f| f.value())
+                .transpose()?
+                .unwrap_or(0.1),
+        };
+        let heartbeat_ms = args
+            .heartbeat
+            .map(|d| d.as_millis() as u64)
+            .or(file.heartbeat.map(ms))
+            .unwrap_or(30_000);
+        let classes = if file.classes.is_empty() {
+            vec![ClassConfig {
+                name: "default".into(),
+                weight: 1.0,
+                heartbeat_ms,
+                jitter,
+            }]
+        } else {
+            let mut out = Vec::new();
+            for c in &file.classes {
+                out.push(ClassConfig {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                    heartbeat_ms: ms(c.heartbeat),
+                    jitter: c
+                        .jitter
+                        .as_ref()
+                        .map(|f| f.value())
+                        .transpose()?
+                        .unwrap_or(jitter),
+                });
+            }
+            out
+        };
+        let churn = file.churn.as_ref().map(|c| ChurnConfig {
+            lifetime: c.lifetime.clone(),
+            mean_ms: ms(c.mean),
+            sigma: c.sigma.unwrap_or(1.0),
+            reconnect_ms: c.reconnect.map_or(1_000, ms),
+        });
+        let hold = args
+            .hold
+            .map(|d| d.as_millis() as u64)
+            .or(file.hold.map(ms));
+        let mut phases = Vec::new();
+        for p in &file.phases {
+            phases.push(PhaseConfig {
+                kind: p.kind.clone(),
+                duration_ms: ms(p.duration),
+                fraction: p
+                    .fraction
+                    .as_ref()
+                    .map(|f| f.value())
+                    .transpose()?
+                    .unwrap_or(1.0),
+                window_ms: p.window.map_or(ms(p.duration), ms),
+                down_ms: p.down.map_or(10_000, ms),
+                backoff_ms: p.backoff.map_or(500, ms),
+                backoff_max_ms: p.backoff_max.map_or(30_000, ms),
+            });
+        }
+        if phases.is_empty() {
+            phases.push(PhaseConfig {
+                kind: "hold".into(),
+                duration_ms: hold.unwrap_or(60_000),
+                fraction: 0.0,
+                window_ms: 0,
+                down_ms: 0,
+                backoff_ms: 0,
+                backoff_max_ms: 0,
+            });
+        } else if args.hold.is_some() {
+            bail!("--hold conflicts with the scenario's [[phase]] list; edit the phases instead");
+        }
+        let procs = match args
+            .procs
+            .clone()
+            .or_else(|| file.procs.as_ref().map(toml_text))
+        {
+            None => 0,
+            Some(p) if p == "auto" => 0,
+            Some(p) => match p.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => bail!("--procs {p:?}: expected auto or a number >= 1"),
+            },
+        };
+        let targets = if args.targets.is_empty() {
+            file.targets.clone().unwrap_or_default()
+        } else {
+            args.targets.clone()
+        };
+        let config = RunConfig {
+            scenario: args.scenario.clone(),
+            description: file.description.clone(),
+            targets,
+            source: args.source.clone().or(file.source.clone()),
+            allow_remote: args.allow_remote,
+            sessions: args.sessions.or(file.sessions).unwrap_or(1_000),
+            rate: args.rate.or(file.rate).unwrap_or(1_000.0),
+            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(1_000),
+            connect_timeout_ms: args
+                .connect_timeout
+                .map(|d| d.as_millis() as u64)
+                .or(file.connect_timeout.map(ms))
+                .unwrap_or(5_000),
+            threads: args.threads.or(file.threads).unwrap_or(0),
+            procs,
+            seed: args.seed.or(file.seed).unwrap_or(1),
+            grace_ms: args
+                .grace
+                .map(|d| d.as_millis() as u64)
+                .or(file.grace.map(ms))
+                .unwrap_or(5_000),
+            classes,
+            churn,
+            phases,
+            thresholds: Thresholds {
+                expect_sessions: args.expect_sessions.or(file.thresholds.expect_sessions),
+                max_p99_us: args
+                    .max_p99
+                    .map(|d| d.as_micros() as u64)
+                    .or(file.thresholds.max_p99.map(|d| d.0.as_micros() as u64)),
+                max_errors: args.max_errors.or(file.thresholds.max_errors),
+            },
+            out: args.out.clone(),
+            server_pid: args.server_pid,
+            progress: args.progress.clone(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            bail!("--rate must be a positive number of connections per second");
+        }
+        if self.max_inflight == 0 {
+            bail!("--max-inflight must be at least 1");
+        }
+        if self.connect_timeout_ms == 0 {
+            bail!("--connect-timeout must be positive");
+        }
+        for c in &self.classes {
+            if c.heartbeat_ms < 10 || c.heartbeat_ms > MAX_RUN_MS {
+                bail!(
+                    "class {:?}: heartbeat {} ms is outside 10 ms .. 30 days",
+                    c.name,
+                    c.heartbeat_ms
+                );
+            }
+            if !(0.0..0.95).contains(&c.jitter) {
+                bail!("class {:?}: jitter {} must be below 95%", c.name, c.jitter);
+            }
+            if !(c.weight > 0.0 && c.weight.is_finite()) {
+                bail!("class {:?}: weight must be positive", c.name);
+            }
+        }
+        if let Some(c) = &self.churn {
+            if !matches!(c.lifetime.as_str(), "exponential" | "lognormal") {
+                bail!(
+                    "churn lifetime {:?}: expected \"exponential\" or \"lognormal\"",
+                    c.lifetime
+                );
+            }
+            if c.mean_ms == 0 || !(c.sigma > 0.0 && c.sigma < 5.0) {
+                bail!("churn: mean must be positive and sigma in (0, 5)");
+            }
+        }
+        for (i, p) in self.phases.iter().enumerate() {
+            match p.kind.as_str() {
+                "hold" | "storm" | "outage" => {}
+                "drain" if i + 1 == self.phases.len() => {}
+                "drain" => bail!("phase {}: drain must be the last phase", i + 1),
+                other => bail!(
+                    "phase {}: unknown kind {other:?} (hold, storm, outage, drain)",
+                    i + 1
+                ),
+            }
+            if p.kind == "storm" && p.window_ms > p.duration_ms {
+                bail!("phase {}: storm window is longer than the phase", i + 1);
+            }
+        }
+        let tl = self.timeline();
+        if u64::from(tl.deadline_ms) >= MAX_RUN_MS {
+            bail!("the run would last over 30 days");
+        }
+        Ok(())
+    }
+
+    /// Phase boundaries; see the module docs.
+    pub fn timeline(&self) -> Timeline {
+        let ramp_ms = (self.sessions as f64 * 1_000.0 / self.rate).ceil() as u64;
+        let ramp_end = ramp_ms.div_ceil(1_000).max(1) * 1_000;
+        let mut t = ramp_end;
+        let mut phases = Vec::new();
+        let mut hold_end = None;
+        for p in &self.phases {
+            let start = t;
+            t += p.duration_ms;
+            if p.kind == "drain" {
+                hold_end = Some(start);
+            }
+            phases.push((p.kind.clone(), clamp(start), clamp(t)));
+        }
+        Timeline {
+            ramp_end_ms: clamp(ramp_end),
+            phases,
+            hold_end_ms: clamp(hold_end.unwrap_or(t)),
+            end_ms: clamp(t),
+            deadline_ms: clamp(t + self.grace_ms),
+        }
+    }
+
+    /// The phase running at `ms`.
+    pub fn phase_at(&self, ms: u32) -> &str {
+        let tl = self.timeline();
+        if ms < tl.ramp_end_ms {
+            return "ramp";
+        }
+        tl.phases
+            .iter()
+            .zip(&self.phases)
+            .find(|((_, s, e), _)| (*s..*e).contains(&ms))
+            .map_or("grace", |(_, p)| p.kind.as_str())
+    }
+
+    /// The heartbeat model of this run.
+    pub fn model(&self) -> HeartbeatModel {
+        let tl = self.timeline();
+        let mut m = HeartbeatModel::fixed(self.seed, 1, 0.0, tl.end_ms);
+        m.classes = self
+            .classes
+            .iter()
+            .map(|c| ClientClass {
+                name: c.name.clone(),
+                weight: c.weight,
+                interval_ms: c.heartbeat_ms as u32,
+                jitter: c.jitter,
+            })
+            .collect();
+        m.churn = self.churn.as_ref().map(|c| Churn {
+            lifetime: if c.lifetime == "lognormal" {
+                Lifetime::LogNormal {
+                    mean_ms: c.mean_ms as f64,
+                    sigma: c.sigma,
+                }
+            } else {
+                Lifetime::Exponential {
+                    mean_ms: c.mean_ms as f64,
+                }
+            },
+            reconnect_ms: c.reconnect_ms as u32,
+        });
+        for (p, (_, start, _)) in self.phases.iter().zip(&tl.phases) {
+            match p.kind.as_str() {
+                "storm" => m.storms.push(Storm {
+                    at_ms: *start,
+                    window_ms: p.window_ms as u32,
+                    fraction: p.fraction,
+                }),
+                "outage" => m.outages.push(Outage {
+                    at_ms: *start,
+                    down_ms: p.down_ms as u32,
+                    fraction: p.fraction,
+                    backoff_base_ms: p.backoff_ms as u32,
+                    backoff_max_ms: p.backoff_max_ms as u32,
+                }),
+                "drain" => {
+                    m.drain = Some(Drain {
+                        at_ms: *start,
+                        window_ms: p.duration_ms as u32,
+                    })
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Largest fraction of sessions an outage drops (for TIME_WAIT headroom).
+    pub fn outage_fraction(&self) -> f64 {
+        self.phases
+            .iter()
+            .filter(|p| p.kind == "outage")
+            .map(|p| p.fraction)
+            .fold(0.0, f64::max)
+    }
+}
+
+fn clamp(ms: u64) -> u32 {
+    ms.min(u64::from(u32::MAX - 1)) as u32
+}
+
+fn toml_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn load_file(path: &Path) -> Result<ScenarioFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read scenario {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;
