@@ -634,8 +634,9 @@ impl Driver {
         if !self.held_recorded {
             self.counters.held_at_end = self.counters.open;
         }
-        // Dropping the sockets closes them (FIN); closing also removes them
-        // from the epoll set.
+        // Publish the last second before closing thousands of sockets takes
+        // its time, then close them (FIN; closing also leaves the epoll set).
+        self.flush();
         self.sockets.clear();
         self.counters.open = 0;
         self.flush();

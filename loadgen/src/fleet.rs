@@ -88,7 +88,11 @@ impl LocalFleet {
         model: Arc<HeartbeatModel>,
         share: Share,
     ) -> Result<LocalFleet> {
-        let cpus = crate::host::allowed_cpus();
+        let cpus = if config.cpus.is_empty() {
+            crate::host::allowed_cpus()
+        } else {
+            config.cpus.clone()
+        };
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut fleet = LocalFleet {
             threads: Vec::new(),

@@ -111,6 +111,7 @@ pub fn summary(o: &RunOutcome) -> Value {
             "target": o.config.sessions,
             "peak": o.peak_open,
             "held_at_end": c.held_at_end,
+            "closed_planned": c.closes_planned,
         },
         "connect": {
             "ok": c.connects_ok,
@@ -131,7 +132,7 @@ pub fn summary(o: &RunOutcome) -> Value {
         "errors": errors,
         "error_hints": error_hints,
         "first_errors": o.first_errors,
-        "spills": {"read": c.read_spills, "write": c.write_spills, "closes_planned": c.closes_planned},
+        "spills": {"read": c.read_spills, "write": c.write_spills},
         "loadgen": {
             "rss_bytes": o.loadgen.held_bytes,
             "rss_baseline_bytes": o.loadgen.baseline_bytes,

@@ -157,7 +157,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let (_, hard) = host::raise_nofile();
     let facts = HostFacts::probe();
     let plan = Arc::new(address_plan(&config)?);
-    let (procs, threads) = procs::layout(&config, hard, facts.cores)?;
+    let cores = if config.cpus.is_empty() {
+        facts.cores
+    } else {
+        config.cpus.len()
+    };
+    let (procs, threads) = procs::layout(&config, hard, cores)?;
     let started = SystemTime::now();
     let mut timeline = config
         .out

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Driver threads per process [default: one per CPU, shared among processes].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// CPUs to pin driver threads to, e.g. `1` or `0,2-3` [default: all allowed].
+    #[arg(long, value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
     /// Processes: `auto` (as many as RLIMIT_NOFILE needs) or a number [default: auto].
     #[arg(long)]
     pub procs: Option<String>,
@@ -94,6 +97,32 @@ pub struct RunArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 5m, 250ms)"))
+}
+
+/// A `--cpus` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("{part:?} is not a CPU or range (write 1 or 0,2-3)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    Ok(CpuList(cpus))
 }
 
 pub fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -157,6 +186,7 @@ struct ScenarioFile {
     jitter: Option<Frac>,
     source: Option<String>,
     threads: Option<usize>,
+    cpus: Option<String>,
     procs: Option<toml::Value>,
     seed: Option<u64>,
     grace: Option<Dur>,
@@ -260,6 +290,8 @@ pub struct RunConfig {
     pub connect_timeout_ms: u64,
     /// Per process; 0 = one per CPU shared among the processes.
     pub threads: usize,
+    /// CPUs to pin drivers to (empty: every allowed CPU).
+    pub cpus: Vec<usize>,
     /// 0 = auto.
     pub procs: usize,
     pub seed: u64,
@@ -404,6 +436,11 @@ impl RunConfig {
                 .or(file.connect_timeout.map(ms))
                 .unwrap_or(5_000),
             threads: args.threads.or(file.threads).unwrap_or(0),
+            cpus: match (&args.cpus, &file.cpus) {
+                (Some(c), _) => c.0.clone(),
+                (None, Some(text)) => parse_cpu_list(text).map_err(anyhow::Error::msg)?.0,
+                (None, None) => Vec::new(),
+            },
             procs,
             seed: args.seed.or(file.seed).unwrap_or(1),
             grace_ms: args

@@ -1,0 +1,452 @@
+//! `c10m-loadgen run` end to end, against the real c10m-server on
+//! loopback, at up to 10 000 sessions.
+//!
+//! The test process holds no sockets itself (the descriptor cap is per
+//! process): it runs the server and the loadgen as children.
+//!
+//! Precondition: the `c10m-server` binary of the same profile exists
+//! (scripts/test runs `cargo build --workspace --bins` first). If it does
+//! not, it is built once into a separate target directory;
+//! `C10M_SERVER_BIN` overrides the path.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("C10M_SERVER_BIN") {
+            return PathBuf::from(path);
+        }
+        let exe = std::env::current_exe().expect("test exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        let beside = profile_dir.join("c10m-server");
+        if beside.exists() {
+            return beside;
+        }
+        let own_target = profile_dir.join("loadgen-tests-server");
+        let built = own_target.join("debug").join("c10m-server");
+        eprintln!(
+            "c10m-server not found at {}; building it into {}",
+            beside.display(),
+            own_target.display()
+        );
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "c10m-server",
+                "--bin",
+                "c10m-server",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&own_target)
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success() && built.exists(),
+            "could not build c10m-server"
+        );
+        built
+    })
+    .clone()
+}
+
+/// A c10m-server on 127.0.0.1:0; stopped (SIGTERM) and reaped on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--stats-interval", "0s"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start c10m-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("c10m-server exited before printing its address")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("c10m-server listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the loadgen to completion (killed after 60 s at most).
+fn loadgen(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
+        .arg("run")
+        .args(["--progress", "plain"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start c10m-loadgen");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("c10m-loadgen did not stop by itself within 60 s");
+}
+
+fn summary(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn num(v: &Value, ptr: &str) -> u64 {
+    v.pointer(ptr)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{ptr} missing in {v:#}"))
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen(&[
+        "--target",
+        &server.addr,
+        "--sessions",
+        "10000",
+        "--rate",
+        "10000",
+        "--hold",
+        "3s",
+        "--heartbeat",
+        "1s",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--expect-sessions",
+        "10000",
+        "--max-errors",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    for key in [
+        "/config/sessions",
+        "/host/kernel",
+        "/host/cores",
+        "/host/ram_bytes",
+        "/host/rlimit_nofile_soft",
+        "/host/rlimit_nofile_hard",
+        "/host/sysctl",
+        "/sessions/target",
+        "/sessions/peak",
+        "/sessions/held_at_end",
+        "/connect/ok",
+        "/connect/rate_per_s_peak",
+        "/connect/latency_us/p50",
+        "/connect/latency_us/p90",
+        "/connect/latency_us/p99",
+        "/connect/latency_us/p999",
+        "/connect/latency_us/max",
+        "/heartbeats/sent",
+        "/heartbeats/answered",
+        "/rtt_us/p50",
+        "/rtt_us/p90",
+        "/rtt_us/p99",
+        "/rtt_us/p999",
+        "/rtt_us/max",
+        "/errors/refused",
+        "/errors/timeout",
+        "/errors/reset",
+        "/errors/addr_not_avail",
+        "/errors/emfile",
+        "/errors/protocol",
+        "/errors/other",
+        "/loadgen/rss_bytes",
+        "/loadgen/rss_bytes_per_session",
+    ] {
+        assert!(s.pointer(key).is_some(), "summary.json lacks {key}");
+    }
+    assert_eq!(num(&s, "/sessions/held_at_end"), 10_000);
+    assert_eq!(num(&s, "/connect/ok"), 10_000);
+    let sent = num(&s, "/heartbeats/sent");
+    // 10 000 sessions x 1 s heartbeats over a ~4 s run (first phases spread).
+    assert!(sent > 25_000, "only {sent} heartbeats");
+    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+    assert_eq!(num(&s, "/rtt_us/count"), sent);
+    assert!(num(&s, "/rtt_us/p50") > 0);
+    let timeline = std::fs::read_to_string(dir.path().join("timeline.csv")).unwrap();
+    assert!(timeline.lines().count() >= 5, "{timeline}");
+    for log in ["rtt.hlog", "connect.hlog", "send_lag.hlog"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with("Tag=")),
+            "{log} has no intervals"
+        );
+    }
+}
+
+#[test]
+fn expect_sessions_fails_when_the_server_admits_fewer() {
+    let server = Server::start(&["--max-sessions", "100"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen(&[
+        "--target",
+        &server.addr,
+        "--sessions",
+        "300",
+        "--rate",
+        "1000",
+        "--hold",
+        "2s",
+        "--heartbeat",
+        "500ms",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--expect-sessions",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let verdict: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("threshold failed"))
+        .collect();
+    assert_eq!(verdict.len(), 1, "{stderr}");
+    assert!(
+        verdict[0].contains("--expect-sessions 300"),
+        "{}",
+        verdict[0]
+    );
+    let s = summary(dir.path());
+    assert_eq!(num(&s, "/sessions/held_at_end"), 100);
+    // Excess sessions were accepted and closed by the server, then retried.
+    assert!(
+        num(&s, "/errors/eof") + num(&s, "/errors/reset") > 0,
+        "{s:#}"
+    );
+    assert!(
+        s.pointer("/error_hints")
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .len()
+            >= 1
+    );
+}
+
+#[test]
+fn max_p99_and_max_errors_fail_as_they_should() {
+    let server = Server::start(&[]);
+    let out = loadgen(&[
+        "--target",
+        &server.addr,
+        "--sessions",
+        "200",
+        "--rate",
+        "1000",
+        "--hold",
+        "2s",
+        "--heartbeat",
+        "200ms",
+        "--max-p99",
+        "1us",
+        "--max-errors",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-p99 1us"), "{stderr}");
+    assert!(
+        !stderr.contains("--max-errors"),
+        "no errors expected: {stderr}"
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_with_a_hint() {
+    // A port with no listener: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let out = loadgen(&[
+        "--target",
+        &target,
+        "--sessions",
+        "50",
+        "--rate",
+        "500",
+        "--hold",
+        "1s",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--max-errors",
+        "0",
+        "--grace",
+        "0s",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert!(num(&s, "/errors/refused") >= 50, "{s:#}");
+    let hint = s
+        .pointer("/error_hints/refused")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(hint.contains("listening"), "{hint}");
+}
+
+#[test]
+fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
+    let out = loadgen(&[
+        "--target",
+        "127.0.0.1:9",
+        "--sessions",
+        "30000",
+        "--source",
+        "127.0.0.1/32",
+        "--procs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot fit") && stderr.contains("28232"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fans_out_to_child_processes_and_merges_exactly() {
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen(&[
+        "--target",
+        &server.addr,
+        "--sessions",
+        "3000",
+        "--rate",
+        "5000",
+        "--hold",
+        "2s",
+        "--heartbeat",
+        "500ms",
+        "--procs",
+        "2",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--expect-sessions",
+        "3000",
+        "--max-errors",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert_eq!(num(&s, "/layout/procs"), 2);
+    assert_eq!(num(&s, "/loadgen/processes"), 3);
+    assert_eq!(num(&s, "/sessions/held_at_end"), 3_000);
+    let sent = num(&s, "/heartbeats/sent");
+    assert!(sent > 6_000, "{sent}");
+    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+    assert_eq!(
+        num(&s, "/rtt_us/count"),
+        sent,
+        "merged histograms must count every reply"
+    );
+}
+
+#[test]
+fn churn_storm_and_drain_scenario_runs_clean() {
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+sessions = 500
+rate = 2000
+heartbeat = "1s"
+[churn]
+lifetime = "exponential"
+mean = "1500ms"
+reconnect = "200ms"
+[[phase]]
+kind = "storm"
+duration = "2s"
+fraction = "100%"
+window = "500ms"
+[[phase]]
+kind = "drain"
+duration = "1s"
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = loadgen(&[
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--target",
+        &server.addr,
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--max-errors",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(&out_dir);
+    assert!(
+        num(&s, "/sessions/closed_planned") > 500,
+        "churn and drain close sessions: {s:#}"
+    );
+    assert!(num(&s, "/connect/ok") > 600, "churned sessions reconnect");
+    // The storm alone sends one heartbeat per session.
+    assert!(num(&s, "/heartbeats/answered") >= 500);
+}
