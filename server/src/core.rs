@@ -22,6 +22,14 @@
 //!    `close(key, Reset)`.
 //!
 //! `close` hands the handle back; dropping it closes the descriptor.
+//!
+//! A completion backend (io_uring) keeps the same order per session: it
+//! reports each write's result ([`SessionCore::after_write`]) before it
+//! ingests the next bytes of that session. Bytes that the kernel had
+//! already received when the session became write-blocked cannot be left
+//! unread in the socket: they are ingested and their replies go behind
+//! the blocked ones (`after_write` with 0 written), while the backend stops
+//! further reads until [`SessionCore::flushed`] returns true.
 #![forbid(unsafe_code)]
 
 use crate::spill::SpillArea;
@@ -159,6 +167,16 @@ impl<H> SessionCore<H> {
 
     pub fn handle(&self, key: u32) -> &H {
         &self.table.get(key).handle
+    }
+
+    /// The backend's IO state byte of a session (0 when opened; the core
+    /// never reads it).
+    pub fn io_state(&self, key: u32) -> u8 {
+        self.table.get(key).io
+    }
+
+    pub fn set_io_state(&mut self, key: u32, io: u8) {
+        self.table.get_mut(key).io = io;
     }
 
     pub fn is_write_blocked(&self, key: u32) -> bool {

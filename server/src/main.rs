@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use c10m_server::server::{self, ServerConfig};
-use c10m_server::sys::allowed_cpus;
+use c10m_server::sys::{allowed_cpus, BackendChoice};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +64,12 @@ struct Cli {
     /// Write the final stats as JSON to this file on exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+
+    /// Event mechanism: `uring` (io_uring: multishot accept and recv over a
+    /// provided-buffer ring), `epoll`, or `auto`: uring when the kernel
+    /// offers all it needs, else epoll (the start-up line says which, why).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
 
     /// Join a port other server processes already listen on (SO_REUSEPORT)
     /// instead of refusing it as in use.
@@ -161,6 +167,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         stats_interval: cli.stats_interval,
         stats_json: cli.stats_json,
         join: cli.join,
+        backend: cli.backend,
     })
 }
 

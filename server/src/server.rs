@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub stats_json: Option<PathBuf>,
     /// Share a port other processes already listen on (SO_REUSEPORT).
     pub join: bool,
+    /// `--backend`: io_uring, epoll, or the best the kernel offers.
+    pub backend: sys::BackendChoice,
 }
 
 /// Wheel tick: 1/64 of the idle timeout, between 10 ms and 1 s, so
@@ -58,6 +60,10 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let selected = sys::select(config.backend, sys::uring::probe)?;
+    if let Some(missing) = &selected.fallback {
+        eprintln!("c10m-server: io_uring unavailable, using epoll: {missing}");
     }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
     let capacity = limits::session_capacity(&nofile, config.workers);
@@ -95,17 +101,23 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             stats: worker_stats,
             stop: stop.clone(),
         };
-        workers.push(sys::epoll::spawn(setup).context("starting a worker")?);
+        workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }
     // Let the workers allocate their buffers before the baseline reading.
     std::thread::sleep(Duration::from_millis(50));
     let baseline = ProcessUsage::read().rss_bytes;
     let started = Instant::now();
     println!(
-        "c10m-server listening on {bound} backend=epoll workers={} cpus={} max_sessions={max_sessions} \
-         idle_timeout={} max_frame={} pid={}",
+        "c10m-server listening on {bound} backend={} backend_why={} workers={} cpus={} \
+         max_sessions={max_sessions} idle_timeout={} max_frame={} pid={}",
+        selected.backend.name(),
+        selected.why,
         config.workers,
-        if config.pin { cpu_list(&config.cpus) } else { "unpinned".into() },
+        if config.pin {
+            cpu_list(&config.cpus)
+        } else {
+            "unpinned".into()
+        },
         humantime::format_duration(config.idle_timeout),
         config.max_frame,
         std::process::id(),
@@ -128,6 +140,9 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
         if let Some(i) = workers.iter().position(|w| w.thread.is_finished()) {
+            if stop.load(Ordering::Relaxed) {
+                break; // the signal reached that worker's thread first: a stop
+            }
             let w = workers.remove(i);
             failure = Some(match w.thread.join() {
                 Ok(Ok(())) => anyhow::anyhow!("worker {i} stopped unexpectedly"),

@@ -35,6 +35,10 @@ pub struct Session<H> {
     pub generation: u32,
     pub spill: u32,
     pub flags: u8,
+    /// The backend's own per-session IO state (the io_uring backend keeps
+    /// its in-flight request bits here; epoll leaves it 0). It lives in
+    /// what would otherwise be padding: the record stays 28 bytes.
+    pub io: u8,
 }
 
 /// A slab key with its generation: what the OS carries back in events.
@@ -97,6 +101,7 @@ impl<H> SessionTable<H> {
             generation,
             spill: NO_SPILL,
             flags: 0,
+            io: 0,
         });
         let key = u32::try_from(key)
             .ok()

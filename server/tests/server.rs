@@ -13,6 +13,13 @@ macro_rules! backend_tests {
         mod epoll {
             $( #[test] fn $name() { super::$name(super::Backend::Epoll) } )*
         }
+        mod uring {
+            $( #[test] fn $name() {
+                if super::Backend::Uring.available(stringify!($name)) {
+                    super::$name(super::Backend::Uring)
+                }
+            } )*
+        }
     };
 }
 
@@ -28,6 +35,7 @@ backend_tests!(
     max_sessions_rejects_the_excess,
     reader_that_stops_reading_is_bounded_then_served,
     descriptor_exhaustion_pauses_accept_without_spinning,
+    startup_line_names_the_backend_and_why,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -327,6 +335,127 @@ fn descriptor_exhaustion_pauses_accept_without_spinning(backend: Backend) {
     let stopped = server.stop();
     assert!(stopped.stats["accept_errors_fd"].as_u64().unwrap() > 0);
     assert_eq!(stopped.stats["accepted"], 60);
+}
+
+fn startup_line_names_the_backend_and_why(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &[]);
+    let line = server.startup_line();
+    let (name, why) = match backend {
+        Backend::Uring => ("uring", "backend_why=forced,"),
+        _ => ("epoll", "backend_why=forced "),
+    };
+    assert!(line.contains(&format!(" backend={name} ")), "{line}");
+    assert!(line.contains(why), "{line}");
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+    assert!(server.stop().status.success());
+}
+
+/// `auto` picks io_uring where the kernel offers it and says so.
+#[test]
+fn auto_backend_takes_uring_where_the_kernel_offers_it() {
+    let _fds = light();
+    let server = Server::start(Backend::Auto, &[]);
+    let line = server.startup_line();
+    if Backend::Uring.available("auto_backend_takes_uring_where_the_kernel_offers_it") {
+        assert!(
+            line.contains(" backend=uring backend_why=auto:io_uring-ok,"),
+            "{line}"
+        );
+    } else {
+        assert!(line.contains(" backend=epoll backend_why=auto:"), "{line}");
+    }
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+}
+
+/// A seccomp profile that refuses io_uring_setup (as container runtimes'
+/// default profiles do): `auto` falls back to epoll saying why; a forced
+/// `uring` is a one-line error naming what is refused, exit status 1.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_seccomp_profile_refusing_io_uring_gives_epoll_or_a_clear_error() {
+    let _fds = light();
+    let server = Server::start_with(Backend::Auto, &[], refuse_io_uring);
+    let line = server.startup_line();
+    assert!(
+        line.contains(" backend=epoll backend_why=auto:io_uring-refused "),
+        "{line}"
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("io_uring unavailable, using epoll")
+            || wait_for_stderr(&server, "using epoll")
+    );
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+    let stopped = server.stop();
+    assert!(
+        stopped.status.success(),
+        "{:?} {}",
+        stopped.status,
+        stopped.stderr
+    );
+
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_c10m-server"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--stats-interval",
+        "0s",
+        "--backend",
+        "uring",
+    ]);
+    refuse_io_uring(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("c10m-server: error: --backend uring: the kernel refuses io_uring"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("seccomp"), "{stderr}");
+}
+
+/// Installs, in the child before exec, a seccomp filter that fails
+/// io_uring_setup with EPERM and allows everything else.
+#[cfg(target_arch = "x86_64")]
+fn refuse_io_uring(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        insn(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        insn(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        insn(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        insn(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only two prctl calls (async-signal-safe), reading `filter`, which it
+    // owns; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn wait_for_stderr(server: &Server, needle: &str) -> bool {

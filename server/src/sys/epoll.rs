@@ -19,7 +19,7 @@
 //! spinning on an error that has not gone away, counts it, and tries again.
 
 use super::{
-    is_resource_exhaustion, pin_current_thread, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
+    is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
 };
 use crate::admission::Admission;
 use crate::core::{CloseReason, SessionCore, Verdict};
@@ -86,16 +86,7 @@ struct State {
 
 impl Worker {
     fn new(setup: WorkerSetup, poll: Poll) -> io::Result<Worker> {
-        if let Some(cpu) = setup.cpu {
-            // Pinning is an optimisation: a refused mask (cgroup cpuset)
-            // leaves the thread where the scheduler puts it.
-            if let Err(e) = pin_current_thread(cpu) {
-                eprintln!(
-                    "c10m-server: worker {} not pinned to CPU {cpu}: {e}",
-                    setup.id
-                );
-            }
-        }
+        pin_worker(setup.id, setup.cpu);
         let clock = TickClock::new(setup.tick);
         let registry = poll.registry().try_clone()?;
         registry.register(

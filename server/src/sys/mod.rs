@@ -6,8 +6,15 @@
 //! A worker is one thread pinned to one core. It owns its listener, its
 //! poller, its session core and its scratch buffers, and shares nothing
 //! with other workers but the admission counter and its own stats block.
+//!
+//! [`select`] picks the backend for `--backend auto|uring|epoll`: io_uring
+//! when the kernel offers every feature the uring backend uses (probed by
+//! [`uring::probe`], which actually runs a multishot accept and a multishot
+//! recv over a provided-buffer ring), else epoll; a forced `uring` that the
+//! kernel refuses is an error naming the missing feature.
 
 pub mod epoll;
+pub mod uring;
 
 use crate::admission::Admission;
 use crate::core::CoreConfig;
@@ -18,6 +25,96 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// `--backend`: which event mechanism the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// io_uring when the kernel offers what it needs, else epoll.
+    #[default]
+    Auto,
+    /// io_uring, or fail at start-up naming what the kernel lacks.
+    Uring,
+    /// epoll (through mio), edge-triggered.
+    Epoll,
+}
+
+/// The backend the workers will run, and why it was chosen.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub backend: Backend,
+    /// One token without spaces for the start-up line, e.g. `auto:io_uring-ok`
+    /// or `auto:no-multishot-recv`.
+    pub why: String,
+    /// Why io_uring was not used, in words, when `auto` fell back to epoll.
+    pub fallback: Option<uring::Missing>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Epoll,
+    Uring(uring::Support),
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Epoll => "epoll",
+            Backend::Uring(_) => "uring",
+        }
+    }
+}
+
+/// A forced backend the kernel cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("--backend uring: {0} (use --backend epoll or auto)")]
+    UringUnavailable(uring::Missing),
+}
+
+/// Chooses the backend. `probe` is called only when io_uring is a
+/// candidate (it is [`uring::probe`] outside tests).
+pub fn select(
+    choice: BackendChoice,
+    probe: impl FnOnce() -> Result<uring::Support, uring::Missing>,
+) -> Result<Selected, BackendError> {
+    let (backend, why, fallback) = match choice {
+        BackendChoice::Epoll => (Backend::Epoll, "forced".to_string(), None),
+        BackendChoice::Uring => match probe() {
+            Ok(support) => (
+                Backend::Uring(support),
+                format!("forced,{}", support.mode.name()),
+                None,
+            ),
+            Err(missing) => return Err(BackendError::UringUnavailable(missing)),
+        },
+        BackendChoice::Auto => match probe() {
+            Ok(support) => (
+                Backend::Uring(support),
+                format!("auto:io_uring-ok,{}", support.mode.name()),
+                None,
+            ),
+            Err(missing) => (
+                Backend::Epoll,
+                format!("auto:{}", missing.token()),
+                Some(missing),
+            ),
+        },
+    };
+    Ok(Selected {
+        backend,
+        why,
+        fallback,
+    })
+}
+
+/// Starts one worker on the selected backend.
+pub fn spawn(backend: Backend, setup: WorkerSetup) -> io::Result<RunningWorker> {
+    match backend {
+        Backend::Epoll => epoll::spawn(setup),
+        Backend::Uring(support) => uring::spawn(setup, support),
+    }
+}
 
 /// Everything a worker starts from.
 #[derive(Debug)]
@@ -75,6 +172,17 @@ impl TickClock {
     }
 }
 
+/// Pins the calling worker thread to its CPU, if it has one. Pinning is an
+/// optimisation: a refused mask (cgroup cpuset) leaves the thread where the
+/// scheduler puts it, with a note on stderr.
+pub fn pin_worker(id: usize, cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        if let Err(e) = pin_current_thread(cpu) {
+            eprintln!("c10m-server: worker {id} not pinned to CPU {cpu}: {e}");
+        }
+    }
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
     use nix::sched::{sched_setaffinity, CpuSet};
@@ -105,3 +213,62 @@ pub fn is_resource_exhaustion(e: &io::Error) -> bool {
 
 /// How long a worker stops accepting after running out of descriptors.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uring::{Missing, SetupMode, Support};
+
+    fn ok() -> Result<Support, Missing> {
+        Ok(Support {
+            mode: SetupMode::DeferTaskrun,
+        })
+    }
+
+    fn refused() -> Result<Support, Missing> {
+        Err(Missing::MultishotRecv("EINVAL".into()))
+    }
+
+    #[test]
+    fn auto_takes_uring_when_the_probe_passes_and_says_so() {
+        let s = select(BackendChoice::Auto, ok).unwrap();
+        assert_eq!(s.backend.name(), "uring");
+        assert_eq!(s.why, "auto:io_uring-ok,defer-taskrun");
+        assert!(s.fallback.is_none());
+    }
+
+    #[test]
+    fn auto_falls_back_to_epoll_naming_the_missing_feature() {
+        let s = select(BackendChoice::Auto, refused).unwrap();
+        assert_eq!(s.backend, Backend::Epoll);
+        assert_eq!(s.why, "auto:no-multishot-recv");
+        assert!(!s.why.contains(' '), "one token for the start-up line");
+        let said = s.fallback.unwrap().to_string();
+        assert!(said.contains("multishot recv"), "{said}");
+    }
+
+    #[test]
+    fn forced_uring_on_a_refusing_kernel_is_one_clear_line() {
+        let e = select(BackendChoice::Uring, refused)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--backend uring: io_uring lacks multishot recv"),
+            "{e}"
+        );
+        assert!(e.contains("Linux 6.0"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+        let e = select(BackendChoice::Uring, || {
+            Err(Missing::Refused("Operation not permitted".into()))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kernel.io_uring_disabled"), "{e}");
+    }
+
+    #[test]
+    fn forced_epoll_never_probes() {
+        let s = select(BackendChoice::Epoll, || panic!("probed")).unwrap();
+        assert_eq!((s.backend, s.why.as_str()), (Backend::Epoll, "forced"));
+    }
+}

@@ -29,12 +29,37 @@ pub fn heavy() -> RwLockWriteGuard<'static, ()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Epoll,
+    Uring,
+    /// `--backend auto`: only for the tests of backend selection.
+    Auto,
 }
 
 impl Backend {
-    fn args(self) -> Vec<String> {
+    pub fn args(self) -> Vec<String> {
         match self {
-            Backend::Epoll => vec![],
+            Backend::Epoll => vec!["--backend".into(), "epoll".into()],
+            Backend::Uring => vec!["--backend".into(), "uring".into()],
+            Backend::Auto => vec!["--backend".into(), "auto".into()],
+        }
+    }
+
+    /// Whether this host can run the backend; says what is skipped if not.
+    /// In CI (`CI` set) a missing io_uring is a failure, not a skip: CI
+    /// runs on the same kind of machine as development, where it works.
+    pub fn available(self, test: &str) -> bool {
+        if self != Backend::Uring {
+            return true;
+        }
+        match c10m_server::sys::uring::probe() {
+            Ok(_) => true,
+            Err(missing) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "io_uring is missing in CI: {missing}"
+                );
+                eprintln!("SKIPPED {test} on uring: {missing}");
+                false
+            }
         }
     }
 }
@@ -191,6 +216,25 @@ impl Server {
                 panic!("server did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The start-up line (`c10m-server listening on …`).
+    pub fn startup_line(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("listening on "))
+                .cloned();
+            match found {
+                Some(line) => return line,
+                None if Instant::now() > deadline => panic!("no start-up line in the output"),
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
     }
 

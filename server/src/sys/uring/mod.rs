@@ -1,0 +1,470 @@
+//! The io_uring backend: one ring per worker, a multishot accept on the
+//! worker's SO_REUSEPORT listener, a multishot recv per session fed from
+//! ONE provided-buffer ring per worker, replies sent by SQEs submitted
+//! together once per loop turn, and the wheel tick and the accept pause as
+//! the timeout of the one `io_uring_enter` each turn makes.
+//!
+//! # Ring
+//! SINGLE_ISSUER | DEFER_TASKRUN where the kernel has it (6.1), else
+//! SINGLE_ISSUER | COOP_TASKRUN, else plain ([`SetupMode`], chosen by
+//! [`probe`]). The ring is created on the worker thread, the only one that
+//! ever submits. Each turn is one `io_uring_enter(to_submit, min_complete
+//! = 1, EXT_ARG timeout)`: it submits every SQE the previous turn queued
+//! (an SQ that fills mid-turn is submitted early) and waits for the next
+//! completion, the next wheel tick, or the end of an accept pause.
+//!
+//! # Memory (per worker, fixed, all resident from start-up)
+//! - provided buffers: [`BUF_COUNT`] × [`BUF_SIZE`] = 4096 × 1 KiB = 4 MiB,
+//!   plus 64 KiB of ring entries. A recv completion holds a buffer only
+//!   until the same turn has served it, so the ring needs to cover one
+//!   turn's completions, not the sessions: 15 000 or 10 million sessions
+//!   use the same 4 MiB.
+//! - SQ 2048 × 64 B + CQ 8192 × 16 B = 256 KiB (mapped from the kernel).
+//! - send arena: one 64 KiB chunk in steady state ([`sendbuf`]).
+//!
+//! Per session: the 28-byte [`Session`](crate::table::Session) record and
+//! nothing else in user space (its `io` byte, in what was padding, holds
+//! the bits below). In the kernel an armed multishot recv costs an
+//! `io_kiocb` and a poll entry per session, on top of the socket.
+//!
+//! # Per-session contract (io bits)
+//! - `RECV_ARMED`: a multishot recv is in flight. A completion without
+//!   IORING_CQE_F_MORE ends it; it is re-armed unless the session is
+//!   closed or write-blocked. ENOBUFS (the buffer ring ran dry) ends it
+//!   without consuming data: it is re-armed at the end of the turn, once
+//!   the turn's buffers are back.
+//! - `SEND_IN_FLIGHT`: a send is in flight. Sends carry MSG_DONTWAIT, so
+//!   they complete inside the enter that submits them (a full socket gives
+//!   a short count or EAGAIN, never a parked request), exactly one
+//!   non-blocking write as in the epoll backend. The core is told the
+//!   result with `after_write` before it ingests that session's next bytes:
+//!   recv completions that arrive meanwhile are deferred to the next turn,
+//!   whose send completions are handled first.
+//! - Write-blocked (the core spilled replies): the recv is cancelled
+//!   (`RECV_CANCELLED`) and a one-shot POLLOUT poll armed (`POLL_OUT_ARMED`);
+//!   bytes that arrived before the cancel took effect are ingested and
+//!   their replies queued behind the spilled ones. Each POLLOUT flushes up
+//!   to 64 KiB; once the core says drained, the recv is re-armed.
+//! - Close: the record is freed at once (the generation in every
+//!   `user_data` makes later completions stale), then, in submission
+//!   order after any reply still to go, an ASYNC_CANCEL of every request on
+//!   the descriptor and an IORING_OP_CLOSE. Nothing the kernel may still
+//!   write is ever freed: buffers belong to the worker's ring, not to the
+//!   session, and a stale completion's buffer is simply given back.
+//!
+//! # Accept
+//! Multishot accept (descriptors are plain, not fixed: the listener's
+//! TCP_NODELAY is inherited). EMFILE/ENFILE/ENOBUFS/ENOMEM end it: the
+//! worker counts `accept_errors_fd`, pauses accepting for
+//! [`ACCEPT_PAUSE`] (the enter's timeout) and re-arms; any other error
+//! that ends it also pauses, so nothing spins. Fixed (direct) descriptors
+//! are not used: they would save a descriptor-table lookup per request,
+//! but the fixed-file table is bounded by RLIMIT_NOFILE too, so they buy
+//! no sessions.
+//!
+//! # Shutdown and wake
+//! Another thread wakes the worker by writing its eventfd, on which a
+//! POLL_ADD is always armed. On stop the worker cancels accept and wake,
+//! closes every session, then reaps completions until nothing it submitted
+//! is in flight (at most [`DRAIN_TIMEOUT`]); only then are the ring and
+//! its buffers released. If something is still in flight then (or the
+//! worker failed), the buffer and send memory is leaked, never freed.
+
+mod bufring;
+mod probe;
+mod sendbuf;
+mod session;
+mod userdata;
+
+pub use probe::{probe, Missing, SetupMode, Support};
+
+use super::{
+    is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
+};
+use crate::admission::Admission;
+use crate::core::{CloseReason, SessionCore};
+use crate::stats::WorkerStats;
+use bufring::BufRing;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use sendbuf::{SendArena, Staged};
+use slab::Slab;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use userdata::{UserData, ACCEPT, IGNORE, WAKE};
+
+pub const SQ_ENTRIES: u32 = 2048;
+pub const CQ_ENTRIES: u32 = 8192;
+/// Provided buffers per worker (a power of two, at most 32768).
+pub const BUF_COUNT: u16 = 4096;
+/// Bytes per provided buffer: a heartbeat is tens of bytes, a frame at
+/// most `--max-frame` (512 B by default); longer input spans buffers.
+pub const BUF_SIZE: u32 = 1024;
+const BGID: u16 = 0;
+/// How long a stopping worker waits for its requests to complete.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts an io_uring worker thread; fails if its ring cannot be set up.
+pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> {
+    // SAFETY: eventfd has no memory arguments; a non-negative result is a
+    // new descriptor that we own from here on.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is the fresh eventfd above, owned by nothing else.
+    let wake_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let worker_wake = wake_fd.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("c10m-uring-{}", setup.id))
+        .spawn(move || {
+            let worker = Worker::new(setup, support, worker_wake);
+            let _ = ready_tx.send(worker.is_ok());
+            worker?.run()
+        })?;
+    if ready_rx.recv() != Ok(true) {
+        return Err(match thread.join() {
+            Ok(Err(e)) => e,
+            _ => io::Error::other("io_uring worker died while setting up"),
+        });
+    }
+    Ok(RunningWorker {
+        thread,
+        wake: Box::new(move || {
+            nix::unistd::write(&*wake_fd, &1u64.to_ne_bytes())
+                .map(drop)
+                .map_err(io::Error::from)
+        }),
+    })
+}
+
+/// A send in flight: which session, and the staged bytes it reads.
+#[derive(Debug, Clone, Copy)]
+struct SendRecord {
+    token: crate::table::Token,
+    staged: Staged,
+    /// Replies flushed from the spill area, rather than fresh ones.
+    flush: bool,
+}
+
+struct Worker {
+    // Field order matters: the ring is closed before the memory it may use.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    arena: SendArena,
+    sends: Slab<SendRecord>,
+    /// SQEs queued this turn, pushed to the SQ before the next enter.
+    pending: Vec<squeue::Entry>,
+    cqes: Vec<cqueue::Entry>,
+    /// Recv completions held back until their session's send completed.
+    deferred: Vec<cqueue::Entry>,
+    /// Recvs ended by ENOBUFS, re-armed at the end of the turn.
+    rearm: Vec<crate::table::Token>,
+    listener: Option<TcpListener>,
+    wake_fd: Arc<OwnedFd>,
+    core: SessionCore<OwnedFd>,
+    clock: TickClock,
+    admission: Arc<Admission>,
+    stats: Arc<WorkerStats>,
+    stop: Arc<AtomicBool>,
+    id: usize,
+    out: Vec<u8>,
+    due: Vec<u32>,
+    accept_armed: bool,
+    accept_paused_until: Option<Instant>,
+    wake_armed: bool,
+    recvs_armed: usize,
+    polls_armed: usize,
+    stopping: bool,
+}
+
+impl Worker {
+    fn new(setup: WorkerSetup, support: Support, wake_fd: Arc<OwnedFd>) -> io::Result<Worker> {
+        pin_worker(setup.id, setup.cpu);
+        let context = |what: &'static str| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
+        let ring = support
+            .mode
+            .build(SQ_ENTRIES, CQ_ENTRIES)
+            .map_err(context("creating the io_uring instance"))?;
+        let bufs = BufRing::new(&ring.submitter(), BGID, BUF_COUNT, BUF_SIZE)
+            .map_err(context("registering the provided-buffer ring"))?;
+        let clock = TickClock::new(setup.tick);
+        let now = clock.tick_at(Instant::now());
+        Ok(Worker {
+            ring,
+            bufs: Some(bufs),
+            arena: SendArena::default(),
+            sends: Slab::new(),
+            pending: Vec::with_capacity(SQ_ENTRIES as usize),
+            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            deferred: Vec::new(),
+            rearm: Vec::new(),
+            listener: Some(setup.listener),
+            wake_fd,
+            core: SessionCore::new(setup.core, now),
+            clock,
+            admission: setup.admission,
+            stats: setup.stats,
+            stop: setup.stop,
+            id: setup.id,
+            out: Vec::with_capacity(16 * 1024),
+            due: Vec::new(),
+            accept_armed: false,
+            accept_paused_until: None,
+            wake_armed: false,
+            recvs_armed: 0,
+            polls_armed: 0,
+            stopping: false,
+        })
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        loop {
+            let timeout = self.wait_timeout(Instant::now());
+            self.enter(timeout)?;
+            let now = self.clock.tick_at(Instant::now());
+            self.turn(now)?;
+            if self
+                .accept_paused_until
+                .is_some_and(|t| Instant::now() >= t)
+            {
+                self.accept_paused_until = None;
+                self.arm_accept();
+            }
+            self.expire(now);
+            self.publish();
+            if self.stop.load(Ordering::Relaxed) {
+                return self.shutdown();
+            }
+        }
+    }
+
+    fn wait_timeout(&self, at: Instant) -> Duration {
+        // Held-back recvs wait for a send completion; without one in
+        // flight (never expected) they must not wait for a tick.
+        if !self.deferred.is_empty() && self.sends.is_empty() {
+            return Duration::ZERO;
+        }
+        let next_tick = self.clock.until_next_tick(at);
+        match self.accept_paused_until {
+            Some(until) => next_tick.min(until.saturating_duration_since(at)),
+            None => next_tick,
+        }
+    }
+
+    /// Pushes the queued SQEs (submitting early if the SQ fills), then
+    /// submits and waits for one completion or `timeout`.
+    fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        let mut done = 0;
+        while done < self.pending.len() {
+            let mut sq = self.ring.submission();
+            let n = (sq.capacity() - sq.len()).min(self.pending.len() - done);
+            // SAFETY: every queued SQE points only at memory that stays
+            // owned until its completion: provided buffers (the worker's
+            // ring), staged replies (the arena, released on completion),
+            // or nothing; descriptors stay open until a later CLOSE SQE.
+            unsafe { sq.push_multiple(&self.pending[done..done + n]) }
+                .map_err(|_| io::Error::other("submission queue has no room after a check"))?;
+            drop(sq);
+            done += n;
+            if done < self.pending.len() {
+                match self.ring.submit() {
+                    Ok(_) => {}
+                    Err(e) if transient(&e) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.pending.drain(..done);
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handles this turn's completions: sends first (each session's write
+    /// result before its next bytes), then held-back recvs, then the rest.
+    fn turn(&mut self, now: u32) -> io::Result<()> {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion());
+        for cqe in &cqes {
+            if let UserData::Send(slot) = UserData::decode(cqe.user_data()) {
+                self.on_send(slot, cqe.result());
+            }
+        }
+        for cqe in std::mem::take(&mut self.deferred) {
+            self.on_recv(cqe, now)?;
+        }
+        for cqe in &cqes {
+            match UserData::decode(cqe.user_data()) {
+                UserData::Send(_) | UserData::Ignore => {}
+                UserData::Recv(_) => self.on_recv(cqe.clone(), now)?,
+                UserData::PollOut(token) => self.on_poll_out(token),
+                UserData::Accept => self.on_accept(cqe.result(), cqe.flags(), now),
+                UserData::Wake => self.on_wake(),
+                UserData::Unknown(ud) => {
+                    return Err(io::Error::other(format!(
+                        "completion with unknown user_data {ud:#x}"
+                    )))
+                }
+            }
+        }
+        self.cqes = cqes;
+        for token in std::mem::take(&mut self.rearm) {
+            if let Some(key) = self.core.resolve(token) {
+                self.resume_reading(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        if self.accept_armed || self.accept_paused_until.is_some() {
+            return;
+        }
+        let sqe = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ACCEPT);
+        self.pending.push(sqe);
+        self.accept_armed = true;
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32, now: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            // SAFETY: a non-negative accept result is a new descriptor that
+            // only this completion names: we own it from here on.
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            if !self.stopping {
+                self.admit(fd, now);
+            }
+            self.arm_accept(); // a multishot the kernel ended (CQ full) resumes
+            return;
+        }
+        let e = io::Error::from_raw_os_error(-res);
+        if is_resource_exhaustion(&e) {
+            self.core.counters.accept_errors_fd += 1;
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        } else if matches!(-res, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
+            self.arm_accept(); // concerns one connection only
+        } else if !self.stopping {
+            // An error we do not expect: retry later rather than spin on it.
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.wake_fd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        self.pending.push(sqe);
+        self.wake_armed = true;
+    }
+
+    fn on_wake(&mut self) {
+        self.wake_armed = false;
+        let mut count = [0u8; 8];
+        let _ = nix::unistd::read(self.wake_fd.as_raw_fd(), &mut count);
+        if !self.stopping {
+            self.arm_wake();
+        }
+    }
+
+    fn expire(&mut self, now: u32) {
+        self.due.clear();
+        self.core.expire(now, &mut self.due);
+        for i in 0..self.due.len() {
+            let key = self.due[i];
+            self.close(key, CloseReason::Evicted);
+        }
+    }
+
+    fn publish(&self) {
+        self.stats.publish(
+            &self.core.counters,
+            self.core.sessions(),
+            self.core.spill_bytes(),
+        );
+    }
+
+    /// Requests submitted whose last completion has not arrived.
+    fn in_flight(&self) -> usize {
+        self.recvs_armed
+            + self.sends.len()
+            + self.polls_armed
+            + usize::from(self.accept_armed)
+            + usize::from(self.wake_armed)
+    }
+
+    /// Stops accepting, closes every session, and reaps every completion
+    /// still due before the ring and its memory go.
+    fn shutdown(&mut self) -> io::Result<()> {
+        self.stopping = true;
+        for (armed, ud) in [(self.accept_armed, ACCEPT), (self.wake_armed, WAKE)] {
+            if armed {
+                self.pending
+                    .push(opcode::AsyncCancel::new(ud).build().user_data(IGNORE));
+            }
+        }
+        self.listener = None; // the accept request holds its own reference
+        for key in self.core.keys() {
+            self.close(key, CloseReason::Shutdown);
+        }
+        self.publish();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while (self.in_flight() > 0 || !self.pending.is_empty()) && Instant::now() < deadline {
+            self.enter(Duration::from_millis(50))?;
+            let now = self.clock.tick_at(Instant::now());
+            self.turn(now)?;
+        }
+        let held = self.bufs.as_ref().map_or(0, BufRing::out);
+        debug_assert!(self.in_flight() > 0 || (held == 0 && self.arena.in_flight() == 0));
+        if self.in_flight() > 0 {
+            eprintln!(
+                "c10m-server: worker {}: {} io_uring requests still in flight after {DRAIN_TIMEOUT:?}; \
+                 their buffers are leaked, not freed",
+                self.id,
+                self.in_flight()
+            );
+        }
+        self.publish();
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.in_flight() > 0 {
+            // The kernel may still write into these after the ring closes.
+            std::mem::forget(self.bufs.take());
+            self.arena.leak();
+        }
+    }
+}
+
+/// Errors after which the loop simply goes round again.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}

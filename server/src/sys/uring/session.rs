@@ -1,0 +1,302 @@
+//! Per-session requests of the io_uring worker: multishot recv, sends,
+//! the POLLOUT wait of a write-blocked session, and close. The contract
+//! (which bit means what, and in which order the core is driven) is in
+//! the module doc of [`super`].
+
+use super::userdata::{UserData, IGNORE};
+use super::{SendRecord, Worker, BGID};
+use crate::core::{CloseReason, Verdict};
+use crate::table::Token;
+use io_uring::{cqueue, opcode, squeue, types};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+
+/// A multishot recv is in flight.
+pub(super) const RECV_ARMED: u8 = 1;
+/// ...and a cancel for it was submitted (the session is write-blocked).
+pub(super) const RECV_CANCELLED: u8 = 2;
+/// A send is in flight; the session's next recv completions wait for it.
+pub(super) const SEND_IN_FLIGHT: u8 = 4;
+/// A one-shot POLLOUT is in flight (the session is write-blocked).
+pub(super) const POLL_OUT_ARMED: u8 = 8;
+
+/// Most spilled bytes one flush send carries.
+const FLUSH_MAX: usize = 64 * 1024;
+
+impl Worker {
+    fn io(&self, key: u32) -> u8 {
+        self.core.io_state(key)
+    }
+
+    fn set_io(&mut self, key: u32, bits: u8, on: bool) {
+        let io = self.core.io_state(key);
+        self.core
+            .set_io_state(key, if on { io | bits } else { io & !bits });
+    }
+
+    fn fd(&self, key: u32) -> types::Fd {
+        types::Fd(self.core.handle(key).as_raw_fd())
+    }
+
+    pub(super) fn admit(&mut self, fd: OwnedFd, now: u32) {
+        if !self.admission.try_admit() {
+            self.core.count_rejected();
+            return; // dropping the descriptor closes it
+        }
+        let token = self.core.open(fd, now);
+        if UserData::Recv(token).encode().is_none() {
+            // A key past 2^30 cannot be told apart in user_data.
+            return self.close(token.key(), CloseReason::Reset);
+        }
+        self.resume_reading(token.key());
+    }
+
+    /// Arms the multishot recv unless one is in flight or the session is
+    /// write-blocked.
+    pub(super) fn resume_reading(&mut self, key: u32) {
+        if self.io(key) & RECV_ARMED != 0 || self.core.is_write_blocked(key) {
+            return;
+        }
+        let token = self.core.token(key);
+        let ud = UserData::Recv(token)
+            .encode()
+            .expect("admitted keys fit user_data");
+        let sqe = opcode::RecvMulti::new(self.fd(key), BGID)
+            .build()
+            .user_data(ud);
+        self.pending.push(sqe);
+        self.set_io(key, RECV_ARMED, true);
+        self.recvs_armed += 1;
+    }
+
+    /// One recv completion (fresh or held back).
+    pub(super) fn on_recv(&mut self, cqe: cqueue::Entry, now: u32) -> io::Result<()> {
+        let UserData::Recv(token) = UserData::decode(cqe.user_data()) else {
+            return Ok(());
+        };
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let more = cqueue::more(flags);
+        let Some(key) = self.core.resolve(token) else {
+            // Stale: the session closed. Its buffer goes back all the same.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.give_back(bid)?;
+            }
+            self.recvs_armed -= usize::from(!more);
+            return Ok(());
+        };
+        if self.io(key) & SEND_IN_FLIGHT != 0 {
+            self.deferred.push(cqe);
+            return Ok(());
+        }
+        if !more {
+            self.recvs_armed -= 1;
+            self.set_io(key, RECV_ARMED | RECV_CANCELLED, false);
+        }
+        if res > 0 {
+            let bid = cqueue::buffer_select(flags)
+                .ok_or_else(|| io::Error::other("recv completion without a provided buffer"))?;
+            let bufs = self
+                .bufs
+                .as_mut()
+                .expect("buffer ring present while running");
+            let data = bufs.take(bid, res as usize).map_err(io::Error::other)?;
+            self.out.clear();
+            let verdict = self.core.ingest(key, now, data, &mut self.out);
+            self.give_back(bid)?;
+            if !self.reply(key, verdict) {
+                return Ok(());
+            }
+        } else if res == 0 {
+            self.close(key, CloseReason::Peer);
+            return Ok(());
+        } else if -res == libc::ENOBUFS {
+            // Nothing was read: the bytes wait in the socket for the re-arm,
+            // once this turn has given its buffers back.
+            self.rearm.push(token);
+            return Ok(());
+        } else if !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
+            self.close(key, CloseReason::Reset);
+            return Ok(());
+        }
+        if !more {
+            self.resume_reading(key);
+        }
+        Ok(())
+    }
+
+    fn give_back(&mut self, bid: u16) -> io::Result<()> {
+        let bufs = self
+            .bufs
+            .as_mut()
+            .expect("buffer ring present while running");
+        bufs.give_back(bid).map_err(io::Error::other)
+    }
+
+    /// Sends (or, when blocked, queues) the replies in `self.out`, then
+    /// applies the verdict. False when the session was closed.
+    fn reply(&mut self, key: u32, verdict: Verdict) -> bool {
+        if self.core.is_write_blocked(key) {
+            // Bytes the kernel had already received: their replies go behind
+            // the blocked ones, as if the write took nothing.
+            let verdict = match verdict {
+                Verdict::Open => self.core.after_write(key, &self.out, 0),
+                closing => closing,
+            };
+            if let Verdict::Close(reason) = verdict {
+                self.close(key, reason);
+                return false;
+            }
+            self.block(key);
+            return true;
+        }
+        if !self.out.is_empty() {
+            let staged = self.arena.stage(&self.out);
+            self.send(key, staged, false);
+        }
+        if let Verdict::Close(reason) = verdict {
+            // Best effort: the send above is submitted before the close.
+            self.close(key, reason);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a non-blocking send of `staged` for a session.
+    fn send(&mut self, key: u32, staged: super::Staged, flush: bool) {
+        let slot = self.sends.insert(SendRecord {
+            token: self.core.token(key),
+            staged,
+            flush,
+        });
+        let Some(ud) = UserData::Send(slot as u32).encode() else {
+            // More sends in flight than user_data can number (never near).
+            self.sends.remove(slot);
+            self.arena.release(staged);
+            return self.close(key, CloseReason::Reset);
+        };
+        let sqe = opcode::Send::new(self.fd(key), self.arena.ptr(staged, 0), staged.len() as u32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
+        self.pending.push(sqe);
+        self.set_io(key, SEND_IN_FLIGHT, true);
+    }
+
+    pub(super) fn on_send(&mut self, slot: u32, res: i32) {
+        let Some(record) = self.sends.try_remove(slot as usize) else {
+            return;
+        };
+        let Some(key) = self.core.resolve(record.token) else {
+            return self.arena.release(record.staged); // closed meanwhile
+        };
+        self.set_io(key, SEND_IN_FLIGHT, false);
+        if res < 0 && -res != libc::EAGAIN {
+            self.arena.release(record.staged);
+            return self.close(key, CloseReason::Reset);
+        }
+        let written = res.max(0) as usize;
+        if !record.flush {
+            let verdict = self
+                .core
+                .after_write(key, self.arena.bytes(record.staged), written);
+            self.arena.release(record.staged);
+            if let Verdict::Close(reason) = verdict {
+                return self.close(key, reason);
+            }
+            if self.core.is_write_blocked(key) {
+                self.block(key);
+            }
+            return;
+        }
+        let whole = written == record.staged.len();
+        self.arena.release(record.staged);
+        if self.core.flushed(key, written) {
+            self.resume_reading(key);
+        } else if whole {
+            self.flush(key); // the socket took it all: more may fit
+        } else {
+            self.wait_writable(key);
+        }
+    }
+
+    /// The session is write-blocked: stop its reads, wait for POLLOUT.
+    fn block(&mut self, key: u32) {
+        let io = self.io(key);
+        if io & RECV_ARMED != 0 && io & RECV_CANCELLED == 0 {
+            let ud = UserData::Recv(self.core.token(key))
+                .encode()
+                .expect("admitted keys fit user_data");
+            let cancel = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(IGNORE)
+                .flags(squeue::Flags::SKIP_SUCCESS);
+            self.pending.push(cancel);
+            self.set_io(key, RECV_CANCELLED, true);
+        }
+        if io & SEND_IN_FLIGHT == 0 {
+            self.wait_writable(key);
+        }
+    }
+
+    fn wait_writable(&mut self, key: u32) {
+        if self.io(key) & POLL_OUT_ARMED != 0 {
+            return;
+        }
+        let ud = UserData::PollOut(self.core.token(key))
+            .encode()
+            .expect("admitted keys fit user_data");
+        let sqe = opcode::PollAdd::new(self.fd(key), libc::POLLOUT as u32)
+            .build()
+            .user_data(ud);
+        self.pending.push(sqe);
+        self.set_io(key, POLL_OUT_ARMED, true);
+        self.polls_armed += 1;
+    }
+
+    pub(super) fn on_poll_out(&mut self, token: Token) {
+        self.polls_armed -= 1;
+        let Some(key) = self.core.resolve(token) else {
+            return;
+        };
+        self.set_io(key, POLL_OUT_ARMED, false);
+        if self.core.is_write_blocked(key) && self.io(key) & SEND_IN_FLIGHT == 0 {
+            self.flush(key);
+        }
+    }
+
+    /// Sends the next spilled replies (at most [`FLUSH_MAX`]).
+    fn flush(&mut self, key: u32) {
+        let pending = self.core.pending_output(key);
+        let chunk = &pending[..pending.len().min(FLUSH_MAX)];
+        if chunk.is_empty() {
+            // Nothing waiting after all: the core unblocks on a 0 flush.
+            if self.core.flushed(key, 0) {
+                self.resume_reading(key);
+            }
+            return;
+        }
+        let staged = self.arena.stage(chunk);
+        self.send(key, staged, true);
+    }
+
+    /// Closes a session: frees its record now, and queues (after any reply
+    /// still to go) a cancel of its requests and the close of its socket.
+    pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
+        let io = self.io(key);
+        let fd = self.core.close(key, reason).into_raw_fd();
+        self.admission.release();
+        let fd = types::Fd(fd);
+        if io & (RECV_ARMED | POLL_OUT_ARMED | SEND_IN_FLIGHT) != 0 {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
+                .build()
+                .user_data(IGNORE)
+                .flags(squeue::Flags::SKIP_SUCCESS);
+            self.pending.push(cancel);
+        }
+        let close = opcode::Close::new(fd)
+            .build()
+            .user_data(IGNORE)
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        self.pending.push(close);
+    }
+}
