@@ -142,6 +142,33 @@ pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> 
     })
 }
 
+/// A completion copied out of the CQ, so that handlers may queue SQEs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cqe {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+impl From<cqueue::Entry> for Cqe {
+    fn from(e: cqueue::Entry) -> Cqe {
+        Cqe {
+            user_data: e.user_data(),
+            result: e.result(),
+            flags: e.flags(),
+        }
+    }
+}
+
+/// A vector whose capacity is resident now: fixed per-worker memory
+/// belongs in the start-up RSS baseline, not in the per-session figure.
+fn resident<T: Clone>(capacity: usize, fill: T) -> Vec<T> {
+    let mut v = Vec::with_capacity(capacity);
+    v.resize(capacity, fill);
+    v.clear();
+    v
+}
+
 /// A send in flight: which session, and the staged bytes it reads.
 #[derive(Debug, Clone, Copy)]
 struct SendRecord {
@@ -159,9 +186,11 @@ struct Worker {
     sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
-    cqes: Vec<cqueue::Entry>,
+    cqes: Vec<Cqe>,
     /// Recv completions held back until their session's send completed.
-    deferred: Vec<cqueue::Entry>,
+    deferred: Vec<Cqe>,
+    /// Spare vector swapped with `deferred` each turn.
+    deferred_spare: Vec<Cqe>,
     /// Recvs ended by ENOBUFS, re-armed at the end of the turn.
     rearm: Vec<crate::table::Token>,
     listener: Option<TcpListener>,
@@ -199,11 +228,12 @@ impl Worker {
         Ok(Worker {
             ring,
             bufs: Some(bufs),
-            arena: SendArena::default(),
+            arena: SendArena::with_resident_chunk(),
             sends: Slab::new(),
-            pending: Vec::with_capacity(SQ_ENTRIES as usize),
-            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
+            cqes: resident(CQ_ENTRIES as usize, Cqe::default()),
             deferred: Vec::new(),
+            deferred_spare: Vec::new(),
             rearm: Vec::new(),
             listener: Some(setup.listener),
             wake_fd,
@@ -213,7 +243,7 @@ impl Worker {
             stats: setup.stats,
             stop: setup.stop,
             id: setup.id,
-            out: Vec::with_capacity(16 * 1024),
+            out: resident(16 * 1024, 0u8),
             due: Vec::new(),
             accept_armed: false,
             accept_paused_until: None,
@@ -298,21 +328,24 @@ impl Worker {
     fn turn(&mut self, now: u32) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(self.ring.completion());
+        cqes.extend(self.ring.completion().map(Cqe::from));
         for cqe in &cqes {
-            if let UserData::Send(slot) = UserData::decode(cqe.user_data()) {
-                self.on_send(slot, cqe.result());
+            if let UserData::Send(slot) = UserData::decode(cqe.user_data) {
+                self.on_send(slot, cqe.result);
             }
         }
-        for cqe in std::mem::take(&mut self.deferred) {
+        let mut held =
+            std::mem::replace(&mut self.deferred, std::mem::take(&mut self.deferred_spare));
+        for cqe in held.drain(..) {
             self.on_recv(cqe, now)?;
         }
+        self.deferred_spare = held;
         for cqe in &cqes {
-            match UserData::decode(cqe.user_data()) {
+            match UserData::decode(cqe.user_data) {
                 UserData::Send(_) | UserData::Ignore => {}
-                UserData::Recv(_) => self.on_recv(cqe.clone(), now)?,
+                UserData::Recv(_) => self.on_recv(*cqe, now)?,
                 UserData::PollOut(token) => self.on_poll_out(token),
-                UserData::Accept => self.on_accept(cqe.result(), cqe.flags(), now),
+                UserData::Accept => self.on_accept(cqe.result, cqe.flags, now),
                 UserData::Wake => self.on_wake(),
                 UserData::Unknown(ud) => {
                     return Err(io::Error::other(format!(

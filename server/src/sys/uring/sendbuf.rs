@@ -63,6 +63,19 @@ pub struct SendArena {
 }
 
 impl SendArena {
+    /// An arena whose first chunk is allocated and resident now (part of
+    /// the worker's fixed memory, before the RSS baseline).
+    pub fn with_resident_chunk() -> SendArena {
+        let mut chunk = Chunk::new(CHUNK, true);
+        chunk.buf.resize(CHUNK, 0);
+        chunk.buf.clear();
+        SendArena {
+            chunks: vec![chunk],
+            current: Some(0),
+            ..SendArena::default()
+        }
+    }
+
     /// Copies `bytes` into the arena for one send.
     pub fn stage(&mut self, bytes: &[u8]) -> Staged {
         let index = self.chunk_for(bytes.len());

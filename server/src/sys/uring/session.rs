@@ -4,7 +4,7 @@
 //! the module doc of [`super`].
 
 use super::userdata::{UserData, IGNORE};
-use super::{SendRecord, Worker, BGID};
+use super::{Cqe, SendRecord, Worker, BGID};
 use crate::core::{CloseReason, Verdict};
 use crate::table::Token;
 use io_uring::{cqueue, opcode, squeue, types};
@@ -70,11 +70,11 @@ impl Worker {
     }
 
     /// One recv completion (fresh or held back).
-    pub(super) fn on_recv(&mut self, cqe: cqueue::Entry, now: u32) -> io::Result<()> {
-        let UserData::Recv(token) = UserData::decode(cqe.user_data()) else {
+    pub(super) fn on_recv(&mut self, cqe: Cqe, now: u32) -> io::Result<()> {
+        let UserData::Recv(token) = UserData::decode(cqe.user_data) else {
             return Ok(());
         };
-        let (res, flags) = (cqe.result(), cqe.flags());
+        let (res, flags) = (cqe.result, cqe.flags);
         let more = cqueue::more(flags);
         let Some(key) = self.core.resolve(token) else {
             // Stale: the session closed. Its buffer goes back all the same.
