@@ -88,11 +88,7 @@ impl LocalFleet {
         model: Arc<HeartbeatModel>,
         share: Share,
     ) -> Result<LocalFleet> {
-        let cpus = if config.cpus.is_empty() {
-            crate::host::allowed_cpus()
-        } else {
-            config.cpus.clone()
-        };
+        let cpus = c10m_server::sys::allowed_cpus();
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut fleet = LocalFleet {
             threads: Vec::new(),

@@ -176,26 +176,6 @@ fn parse_slabinfo(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// CPUs this process may run on.
-pub fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    use nix::unistd::Pid;
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count())
-            .filter(|&i| set.is_set(i).unwrap_or(false))
-            .collect(),
-        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
-    use nix::sched::{sched_setaffinity, CpuSet};
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +189,6 @@ mod tests {
         assert!(facts.cores >= 1 && facts.ram_bytes > 0);
         let (lo, hi) = facts.port_range();
         assert!(lo < hi);
-        assert!(!allowed_cpus().is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! [`report`] and [`progress`] (results), [`host`] (facts about this machine).
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod clock;
 pub mod driver;
 pub mod fleet;

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
-use c10m_loadgen::scenario::RunArgs;
+use c10m_loadgen::cli::RunArgs;
 use c10m_loadgen::{report, run};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

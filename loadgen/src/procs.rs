@@ -378,7 +378,7 @@ fn emit_tick(snap: &Snapshot, last: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::RunArgs;
+    use crate::cli::RunArgs;
 
     fn config(sessions: u64, procs: Option<&str>) -> RunConfig {
         let args = RunArgs {

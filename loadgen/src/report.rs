@@ -119,6 +119,9 @@ pub fn summary(o: &RunOutcome) -> Value {
             "rate_per_s_peak": o.connect_rate_peak,
             "rate_per_s_mean": round1(o.connect_rate_mean),
             "ramp_seconds": o.ramp_seconds,
+            "ramp_rate_per_s": round1(c.ramp_rate_per_s()),
+            "ramp_sessions_opened": c.ramp_connected,
+            "ramp_duration_ms": round1(c.ramp_last_us.saturating_sub(c.ramp_first_us) as f64 / 1e3),
             "latency_us": percentiles(&o.histos.connect),
         },
         "heartbeats": {
@@ -232,11 +235,13 @@ pub fn table(s: &Value) -> String {
             format!("{} / {}", u("/sessions/held_at_end"), u("/sessions/target")),
         ),
         (
-            "connect rate peak / mean".into(),
+            "connect rate: ramp / peak second".into(),
             format!(
-                "{}/s / {:.0}/s",
-                u("/connect/rate_per_s_peak"),
-                f("/connect/rate_per_s_mean").unwrap_or(0.0)
+                "{:.0}/s ({} opened in {:.0} ms) / {}/s",
+                f("/connect/ramp_rate_per_s").unwrap_or(0.0),
+                u("/connect/ramp_sessions_opened"),
+                f("/connect/ramp_duration_ms").unwrap_or(0.0),
+                u("/connect/rate_per_s_peak")
             ),
         ),
         (

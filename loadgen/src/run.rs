@@ -9,6 +9,7 @@
 //! last sample inside the hold, when every session is still open.
 #![forbid(unsafe_code)]
 
+use crate::cli::RunArgs;
 use crate::clock::RunClock;
 use crate::fleet::{LocalFleet, Share, Snapshot};
 use crate::host::{self, HostFacts};
@@ -17,7 +18,7 @@ use crate::procs::{self, ChildFleet};
 use crate::progress::Progress;
 use crate::report::{self, KernelMeasure, RssMeasure, RunOutcome, ServerMeasure};
 use crate::results::{HlogFiles, Row, TimelineFile};
-use crate::scenario::{RunArgs, RunConfig};
+use crate::scenario::RunConfig;
 use crate::stats::{Counters, Histos};
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,11 +158,7 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let (_, hard) = host::raise_nofile();
     let facts = HostFacts::probe();
     let plan = Arc::new(address_plan(&config)?);
-    let cores = if config.cpus.is_empty() {
-        facts.cores
-    } else {
-        config.cpus.len()
-    };
+    let cores = c10m_server::sys::allowed_cpus().len();
     let (procs, threads) = procs::layout(&config, hard, cores)?;
     let started = SystemTime::now();
     let mut timeline = config

@@ -1,5 +1,5 @@
-//! Scenarios: the `run` command line and the TOML file (see
-//! loadgen/scenarios/*.toml), resolved into one `RunConfig`.
+//! Scenarios: the TOML file (see loadgen/scenarios/*.toml) and the `run`
+//! flags ([`crate::cli`]), resolved into one `RunConfig`.
 //!
 //! Flags override the file. The resolved config is what the run uses, what
 //! children receive (as JSON) and what `summary.json` records under
@@ -11,6 +11,7 @@
 //! without phases has one `hold` phase of `--hold`.
 #![forbid(unsafe_code)]
 
+use crate::cli::{parse_duration, parse_fraction, RunArgs};
 use crate::model::{Churn, ClientClass, Drain, HeartbeatModel, Lifetime, Outage, Storm};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -20,122 +21,6 @@ use std::time::Duration;
 
 /// Longest run the u32-millisecond schedule allows, with margin.
 const MAX_RUN_MS: u64 = 30 * 24 * 3_600_000;
-
-/// `c10m-loadgen run` flags.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct RunArgs {
-    /// Scenario file (TOML, see loadgen/scenarios/); flags override it.
-    #[arg(long)]
-    pub scenario: Option<PathBuf>,
-    /// Server address; repeat for several ports or addresses.
-    #[arg(long = "target", value_name = "HOST:PORT")]
-    pub targets: Vec<SocketAddr>,
-    /// Sessions to open and hold [default: 1000].
-    #[arg(long)]
-    pub sessions: Option<u64>,
-    /// New connections per second during the ramp [default: 1000].
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Most connects in flight at once [default: 1000].
-    #[arg(long)]
-    pub max_inflight: Option<u32>,
-    /// A connect not established by then counts as a timeout [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
-    /// How long to hold the sessions after the ramp (a run without phases) [default: 60s].
-    #[arg(long, value_parser = parse_duration)]
-    pub hold: Option<Duration>,
-    /// Heartbeat interval of the default class [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
-    pub heartbeat: Option<Duration>,
-    /// Heartbeat jitter, e.g. `10%` or `0.1` [default: 10%].
-    #[arg(long, value_parser = parse_fraction)]
-    pub jitter: Option<f64>,
-    /// Source addresses (CIDR) [default for loopback targets: 127.1.0.0/16].
-    #[arg(long, value_name = "CIDR")]
-    pub source: Option<String>,
-    /// Driver threads per process [default: one per CPU, shared among processes].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// CPUs to pin driver threads to, e.g. `1` or `0,2-3` [default: all allowed].
-    #[arg(long, value_parser = parse_cpu_list)]
-    pub cpus: Option<CpuList>,
-    /// Processes: `auto` (as many as RLIMIT_NOFILE needs) or a number [default: auto].
-    #[arg(long)]
-    pub procs: Option<String>,
-    /// Seed of every random choice (schedules are pure functions of it).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// After the last phase, wait this long at most for outstanding replies [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
-    pub grace: Option<Duration>,
-    /// Write summary.json, timeline.csv and *.hlog here.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Exit 3 unless at least this many sessions are held at the end of the hold.
-    #[arg(long)]
-    pub expect_sessions: Option<u64>,
-    /// Exit 3 if the RTT p99 exceeds this.
-    #[arg(long, value_parser = parse_duration)]
-    pub max_p99: Option<Duration>,
-    /// Exit 3 if more errors than this occur.
-    #[arg(long)]
-    pub max_errors: Option<u64>,
-    /// Server process to measure (RSS and CPU, MEASURING.md) beside the loadgen.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Allow targets outside 127.0.0.0/8 (never on shared test hosts).
-    #[arg(long)]
-    pub allow_remote: bool,
-    /// Progress display: auto (bar on a terminal, lines otherwise), bar, plain, off.
-    #[arg(long, default_value = "auto")]
-    pub progress: String,
-    /// Internal: run as a child of a fanned-out run (config on stdin).
-    #[arg(long, hide = true)]
-    pub child: bool,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 5m, 250ms)"))
-}
-
-/// A `--cpus` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuList(pub Vec<usize>);
-
-pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("{part:?} is not a CPU or range (write 1 or 0,2-3)");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if cpus.is_empty() {
-        return Err("empty CPU list".into());
-    }
-    Ok(CpuList(cpus))
-}
-
-pub fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v = match s.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => s.trim().parse::<f64>(),
-    }
-    .map_err(|_| format!("{s:?} is not a fraction (write 10% or 0.1)"))?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("{s:?} is outside 0..100%"));
-    }
-    Ok(v)
-}
 
 /// A duration in a TOML file: a humantime string ("30s").
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -171,6 +56,11 @@ fn ms(d: Dur) -> u64 {
     d.0.as_millis() as u64
 }
 
+/// A duration flag, else the file's value, in ms.
+fn flag_or_file(flag: Option<Duration>, file: Option<Dur>) -> Option<u64> {
+    flag.map(|d| d.as_millis() as u64).or(file.map(ms))
+}
+
 /// The scenario file's schema (see loadgen/scenarios/README.md).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,7 +76,6 @@ struct ScenarioFile {
     jitter: Option<Frac>,
     source: Option<String>,
     threads: Option<usize>,
-    cpus: Option<String>,
     procs: Option<toml::Value>,
     seed: Option<u64>,
     grace: Option<Dur>,
@@ -288,10 +177,10 @@ pub struct RunConfig {
     pub rate: f64,
     pub max_inflight: u32,
     pub connect_timeout_ms: u64,
-    /// Per process; 0 = one per CPU shared among the processes.
+    /// Per process; 0 = one per CPU shared among the processes. Drivers
+    /// are pinned round-robin to the CPUs this process may use (restrict
+    /// them with `taskset`).
     pub threads: usize,
-    /// CPUs to pin drivers to (empty: every allowed CPU).
-    pub cpus: Vec<usize>,
     /// 0 = auto.
     pub procs: usize,
     pub seed: u64,
@@ -335,11 +224,7 @@ impl RunConfig {
                 .transpose()?
                 .unwrap_or(0.1),
         };
-        let heartbeat_ms = args
-            .heartbeat
-            .map(|d| d.as_millis() as u64)
-            .or(file.heartbeat.map(ms))
-            .unwrap_or(30_000);
+        let heartbeat_ms = flag_or_file(args.heartbeat, file.heartbeat).unwrap_or(30_000);
         let classes = if file.classes.is_empty() {
             vec![ClassConfig {
                 name: "default".into(),
@@ -430,24 +315,12 @@ impl RunConfig {
             sessions: args.sessions.or(file.sessions).unwrap_or(1_000),
             rate: args.rate.or(file.rate).unwrap_or(1_000.0),
             max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(1_000),
-            connect_timeout_ms: args
-                .connect_timeout
-                .map(|d| d.as_millis() as u64)
-                .or(file.connect_timeout.map(ms))
+            connect_timeout_ms: flag_or_file(args.connect_timeout, file.connect_timeout)
                 .unwrap_or(5_000),
             threads: args.threads.or(file.threads).unwrap_or(0),
-            cpus: match (&args.cpus, &file.cpus) {
-                (Some(c), _) => c.0.clone(),
-                (None, Some(text)) => parse_cpu_list(text).map_err(anyhow::Error::msg)?.0,
-                (None, None) => Vec::new(),
-            },
             procs,
             seed: args.seed.or(file.seed).unwrap_or(1),
-            grace_ms: args
-                .grace
-                .map(|d| d.as_millis() as u64)
-                .or(file.grace.map(ms))
-                .unwrap_or(5_000),
+            grace_ms: flag_or_file(args.grace, file.grace).unwrap_or(5_000),
             classes,
             churn,
             phases,

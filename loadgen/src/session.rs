@@ -125,6 +125,11 @@ impl ClientSession {
         (now_us as u32).wrapping_sub(self.next_beat_ms)
     }
 
+    /// True once any connection of this session was established.
+    pub fn has_connected_before(&self) -> bool {
+        self.flags & FLAG_CONNECTED_BEFORE != 0
+    }
+
     /// The socket is established; returns the next deadline.
     pub fn connected(&mut self, model: &HeartbeatModel, sid: u64, now_ms: u32) -> Option<u32> {
         let first_life = self.flags & FLAG_CONNECTED_BEFORE == 0;

@@ -140,6 +140,12 @@ pub struct Counters {
     pub read_spills: u64,
     pub write_spills: u64,
     pub errors: [u64; 9],
+    /// Sessions established for the first time (the ramp's own connects).
+    pub ramp_connected: u64,
+    /// µs since the epoch of the ramp's first connect() (min over
+    /// drivers; 0: none yet) and of its last first-time establishment (max).
+    pub ramp_first_us: u64,
+    pub ramp_last_us: u64,
 }
 
 impl Counters {
@@ -157,6 +163,22 @@ impl Counters {
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
             *a += b;
         }
+        self.ramp_connected += o.ramp_connected;
+        if o.ramp_first_us != 0 && (self.ramp_first_us == 0 || o.ramp_first_us < self.ramp_first_us)
+        {
+            self.ramp_first_us = o.ramp_first_us;
+        }
+        self.ramp_last_us = self.ramp_last_us.max(o.ramp_last_us);
+    }
+
+    /// Sessions opened per second over the ramp: first-time connects over
+    /// the time from the first connect() to the last first establishment.
+    pub fn ramp_rate_per_s(&self) -> f64 {
+        let span_us = self.ramp_last_us.saturating_sub(self.ramp_first_us);
+        if self.ramp_connected == 0 || span_us == 0 {
+            return 0.0;
+        }
+        self.ramp_connected as f64 * 1e6 / span_us as f64
     }
 
     pub fn error(&mut self, kind: ErrorKind) {

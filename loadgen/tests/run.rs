@@ -110,12 +110,13 @@ impl Drop for Server {
     }
 }
 
-/// Runs the loadgen to completion (killed after 60 s at most).
-fn loadgen(args: &[&str]) -> Output {
+/// Runs `c10m-loadgen run ARGS` (split on whitespace) to completion
+/// (killed after 60 s at most).
+fn loadgen(args: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
         .arg("run")
         .args(["--progress", "plain"])
-        .args(args)
+        .args(args.split_whitespace())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -156,24 +157,10 @@ fn describe(out: &Output) -> String {
 fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
     let server = Server::start(&["--max-sessions", "19000"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = loadgen(&[
-        "--target",
-        &server.addr,
-        "--sessions",
-        "10000",
-        "--rate",
-        "10000",
-        "--hold",
-        "3s",
-        "--heartbeat",
-        "1s",
-        "--out",
-        dir.path().to_str().unwrap(),
-        "--expect-sessions",
-        "10000",
-        "--max-errors",
-        "0",
-    ]);
+    let out = loadgen(&format!(
+        "--target {} --sessions 10000 --rate 10000 --hold 3s --heartbeat 1s --out {} --expect-sessions 10000 --max-errors 0",
+        server.addr, dir.path().to_str().unwrap()
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s = summary(dir.path());
     for key in [
@@ -236,22 +223,10 @@ fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
 fn expect_sessions_fails_when_the_server_admits_fewer() {
     let server = Server::start(&["--max-sessions", "100"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = loadgen(&[
-        "--target",
-        &server.addr,
-        "--sessions",
-        "300",
-        "--rate",
-        "1000",
-        "--hold",
-        "2s",
-        "--heartbeat",
-        "500ms",
-        "--out",
-        dir.path().to_str().unwrap(),
-        "--expect-sessions",
-        "300",
-    ]);
+    let out = loadgen(&format!(
+        "--target {} --sessions 300 --rate 1000 --hold 2s --heartbeat 500ms --out {} --expect-sessions 300",
+        server.addr, dir.path().to_str().unwrap()
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let verdict: Vec<_> = stderr
@@ -281,22 +256,10 @@ fn expect_sessions_fails_when_the_server_admits_fewer() {
 #[test]
 fn max_p99_and_max_errors_fail_as_they_should() {
     let server = Server::start(&[]);
-    let out = loadgen(&[
-        "--target",
-        &server.addr,
-        "--sessions",
-        "200",
-        "--rate",
-        "1000",
-        "--hold",
-        "2s",
-        "--heartbeat",
-        "200ms",
-        "--max-p99",
-        "1us",
-        "--max-errors",
-        "0",
-    ]);
+    let out = loadgen(&format!(
+        "--target {} --sessions 200 --rate 1000 --hold 2s --heartbeat 200ms --max-p99 1us --max-errors 0",
+        server.addr
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--max-p99 1us"), "{stderr}");
@@ -316,22 +279,11 @@ fn refused_connections_are_counted_with_a_hint() {
         .port();
     let dir = tempfile::tempdir().unwrap();
     let target = format!("127.0.0.1:{port}");
-    let out = loadgen(&[
-        "--target",
-        &target,
-        "--sessions",
-        "50",
-        "--rate",
-        "500",
-        "--hold",
-        "1s",
-        "--out",
-        dir.path().to_str().unwrap(),
-        "--max-errors",
-        "0",
-        "--grace",
-        "0s",
-    ]);
+    let out = loadgen(&format!(
+        "--target {} --sessions 50 --rate 500 --hold 1s --out {} --max-errors 0 --grace 0s",
+        target,
+        dir.path().to_str().unwrap()
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let s = summary(dir.path());
     assert!(num(&s, "/errors/refused") >= 50, "{s:#}");
@@ -344,16 +296,7 @@ fn refused_connections_are_counted_with_a_hint() {
 
 #[test]
 fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
-    let out = loadgen(&[
-        "--target",
-        "127.0.0.1:9",
-        "--sessions",
-        "30000",
-        "--source",
-        "127.0.0.1/32",
-        "--procs",
-        "2",
-    ]);
+    let out = loadgen("--target 127.0.0.1:9 --sessions 30000 --source 127.0.0.1/32 --procs 2");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -366,26 +309,10 @@ fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
 fn fans_out_to_child_processes_and_merges_exactly() {
     let server = Server::start(&["--max-sessions", "19000"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = loadgen(&[
-        "--target",
-        &server.addr,
-        "--sessions",
-        "3000",
-        "--rate",
-        "5000",
-        "--hold",
-        "2s",
-        "--heartbeat",
-        "500ms",
-        "--procs",
-        "2",
-        "--out",
-        dir.path().to_str().unwrap(),
-        "--expect-sessions",
-        "3000",
-        "--max-errors",
-        "0",
-    ]);
+    let out = loadgen(&format!(
+        "--target {} --sessions 3000 --rate 5000 --hold 2s --heartbeat 500ms --procs 2 --out {} --expect-sessions 3000 --max-errors 0",
+        server.addr, dir.path().to_str().unwrap()
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s = summary(dir.path());
     assert_eq!(num(&s, "/layout/procs"), 2);
@@ -428,16 +355,12 @@ duration = "1s"
     )
     .unwrap();
     let out_dir = dir.path().join("out");
-    let out = loadgen(&[
-        "--scenario",
+    let out = loadgen(&format!(
+        "--scenario {} --target {} --out {} --max-errors 0",
         scenario.to_str().unwrap(),
-        "--target",
-        &server.addr,
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--max-errors",
-        "0",
-    ]);
+        server.addr,
+        out_dir.to_str().unwrap()
+    ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s = summary(&out_dir);
     assert!(

@@ -116,13 +116,3 @@ fn bad_files_say_what_is_wrong() {
     check("[churn]\nlifetime = \"weibull\"\nmean = \"1m\"", "lifetime");
     check("procs = \"many\"", "--procs");
 }
-
-#[test]
-fn cpu_lists_parse() {
-    assert_eq!(parse_cpu_list("1").unwrap().0, vec![1]);
-    assert_eq!(parse_cpu_list("0,2-4").unwrap().0, vec![0, 2, 3, 4]);
-    assert!(parse_cpu_list("3-1").is_err());
-    assert!(parse_cpu_list("x").is_err());
-    let c = RunConfig::resolve(&args(&["--cpus", "1", "--target", "127.0.0.1:1"])).unwrap();
-    assert_eq!(c.cpus, vec![1]);
-}

@@ -1,0 +1,94 @@
+//! The `c10m-loadgen run` flags and their value parsers. Every flag has a
+//! scenario-file twin ([`crate::scenario`]); flags win.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `c10m-loadgen run` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Scenario file (TOML, see loadgen/scenarios/); flags override it.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Server address; repeat for several ports or addresses.
+    #[arg(long = "target", value_name = "HOST:PORT")]
+    pub targets: Vec<SocketAddr>,
+    /// Sessions to open and hold [default: 1000].
+    #[arg(long)]
+    pub sessions: Option<u64>,
+    /// New connections per second during the ramp [default: 1000].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Most connects in flight at once [default: 1000].
+    #[arg(long)]
+    pub max_inflight: Option<u32>,
+    /// A connect not established by then counts as a timeout [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// How long to hold the sessions after the ramp (a run without phases) [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+    /// Heartbeat interval of the default class [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Heartbeat jitter, e.g. `10%` or `0.1` [default: 10%].
+    #[arg(long, value_parser = parse_fraction)]
+    pub jitter: Option<f64>,
+    /// Source addresses (CIDR) [default for loopback targets: 127.1.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    pub source: Option<String>,
+    /// Driver threads per process [default: one per CPU, shared among processes].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Processes: `auto` (as many as RLIMIT_NOFILE needs) or a number [default: auto].
+    #[arg(long)]
+    pub procs: Option<String>,
+    /// Seed of every random choice (schedules are pure functions of it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// After the last phase, wait this long at most for outstanding replies [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Write summary.json, timeline.csv and *.hlog here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit 3 unless at least this many sessions are held at the end of the hold.
+    #[arg(long)]
+    pub expect_sessions: Option<u64>,
+    /// Exit 3 if the RTT p99 exceeds this.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_p99: Option<Duration>,
+    /// Exit 3 if more errors than this occur.
+    #[arg(long)]
+    pub max_errors: Option<u64>,
+    /// Server process to measure (RSS and CPU, MEASURING.md) beside the loadgen.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Allow targets outside 127.0.0.0/8 (never on shared test hosts).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Progress display: auto (bar on a terminal, lines otherwise), bar, plain, off.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Internal: run as a child of a fanned-out run (config on stdin).
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 5m, 250ms)"))
+}
+
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{s:?} is not a fraction (write 10% or 0.1)"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?} is outside 0..100%"));
+    }
+    Ok(v)
+}
