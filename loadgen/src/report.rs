@@ -22,11 +22,14 @@ pub struct RssMeasure {
 }
 
 impl RssMeasure {
-    pub fn per_session(&self) -> f64 {
-        if self.sessions == 0 {
-            return 0.0;
+    /// `None` when nothing was measured with sessions held (e.g. a run
+    /// interrupted before the end of its hold).
+    pub fn per_session(&self) -> Option<f64> {
+        if self.sessions == 0 || self.held_bytes == 0 {
+            return None;
         }
-        (self.held_bytes as f64 - self.baseline_bytes as f64) / self.sessions as f64
+        let delta = self.held_bytes as f64 - self.baseline_bytes as f64;
+        Some(round1(delta / self.sessions as f64))
     }
 }
 
@@ -139,8 +142,8 @@ pub fn summary(o: &RunOutcome) -> Value {
         "loadgen": {
             "rss_bytes": o.loadgen.held_bytes,
             "rss_baseline_bytes": o.loadgen.baseline_bytes,
-            "rss_bytes_per_session": round1(o.loadgen.per_session()),
-            "rss_anon_bytes_per_session": round1(o.loadgen_anon.per_session()),
+            "rss_bytes_per_session": o.loadgen.per_session(),
+            "rss_anon_bytes_per_session": o.loadgen_anon.per_session(),
             "sessions_measured": o.loadgen.sessions,
             "processes": o.loadgen.processes,
             "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
@@ -152,7 +155,7 @@ pub fn summary(o: &RunOutcome) -> Value {
             "pid": server.pid,
             "rss_bytes": server.rss.held_bytes,
             "rss_baseline_bytes": server.rss.baseline_bytes,
-            "rss_bytes_per_session": round1(server.rss.per_session()),
+            "rss_bytes_per_session": server.rss.per_session(),
             "cpu_us_per_heartbeat": if server.heartbeats > 0 {
                 round1(server.cpu_s * 1e6 / server.heartbeats as f64)
             } else { 0.0 },
@@ -268,14 +271,12 @@ pub fn table(s: &Value) -> String {
         ("errors".into(), error_line(s)),
         (
             "loadgen RSS per session".into(),
-            format!(
-                "{:.1} B",
-                f("/loadgen/rss_bytes_per_session").unwrap_or(0.0)
-            ),
+            bytes(f("/loadgen/rss_bytes_per_session")),
         ),
     ];
-    if let Some(v) = f("/server/rss_bytes_per_session") {
-        rows.push(("server RSS per session".into(), format!("{v:.1} B")));
+    if s.pointer("/server/pid").is_some() {
+        let v = f("/server/rss_bytes_per_session");
+        rows.push(("server RSS per session".into(), bytes(v)));
         let cpu = f("/server/cpu_us_per_heartbeat").unwrap_or(0.0);
         rows.push(("server CPU per heartbeat".into(), format!("{cpu:.1} us")));
     }
@@ -289,6 +290,12 @@ pub fn table(s: &Value) -> String {
     rows.iter()
         .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
         .collect()
+}
+
+fn bytes(v: Option<f64>) -> String {
+    v.map_or("n/a (no sample during the hold)".into(), |v| {
+        format!("{v:.1} B")
+    })
 }
 
 fn error_line(s: &Value) -> String {

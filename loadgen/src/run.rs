@@ -287,10 +287,7 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     progress.finish();
     totals.add(&snap.histos);
     let counters = snap.counters.clone();
-    let held = held.unwrap_or_else(|| Sample {
-        open: counters.held_at_end,
-        ..Sample::default()
-    });
+    let held = held.unwrap_or_default();
 
     let outcome = RunOutcome {
         host: facts,

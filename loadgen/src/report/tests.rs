@@ -1,1 +1,105 @@
+use super::*;
+use crate::cli::RunArgs;
 
+fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
+    let args = RunArgs {
+        sessions: Some(100),
+        expect_sessions: Some(100),
+        max_p99: Some(std::time::Duration::from_millis(1)),
+        max_errors: Some(0),
+        progress: "off".into(),
+        ..RunArgs::default()
+    };
+    let config = RunConfig::resolve(&args).unwrap();
+    let mut counters = Counters {
+        held_at_end: held,
+        connects_ok: 100,
+        heartbeats_sent: 10,
+        heartbeats_answered: 10,
+        ..Counters::default()
+    };
+    counters.errors[ErrorKind::AddrNotAvail as usize] = errors;
+    let mut histos = Histos::new();
+    for _ in 0..10 {
+        histos.rtt.record(p99_us).unwrap();
+    }
+    RunOutcome {
+        config,
+        host: HostFacts::probe(),
+        procs: 1,
+        threads: 2,
+        counters,
+        histos,
+        first_errors: BTreeMap::new(),
+        peak_open: held,
+        connect_rate_peak: 100,
+        connect_rate_mean: 100.0,
+        ramp_seconds: 1,
+        heartbeat_rate_peak: 10,
+        loadgen: RssMeasure {
+            baseline_bytes: 1_000_000,
+            held_bytes: 1_003_200,
+            sessions: 100,
+            processes: 1,
+        },
+        loadgen_anon: RssMeasure::default(),
+        server: None,
+        kernel: None,
+        duration_s: 3.0,
+    }
+}
+
+#[test]
+fn summary_has_the_design_schema_and_the_thresholds_pass() {
+    let o = outcome(100, 0, 500);
+    let s = summary(&o);
+    for key in [
+        "/config",
+        "/host/kernel",
+        "/host/rlimit_nofile_hard",
+        "/host/sysctl",
+        "/sessions/target",
+        "/sessions/peak",
+        "/sessions/held_at_end",
+        "/connect/ok",
+        "/connect/rate_per_s_peak",
+        "/connect/latency_us/p999",
+        "/heartbeats/sent",
+        "/heartbeats/answered",
+        "/rtt_us/p50",
+        "/rtt_us/max",
+        "/errors/addr_not_avail",
+        "/errors/emfile",
+        "/loadgen/rss_bytes",
+        "/loadgen/rss_bytes_per_session",
+    ] {
+        assert!(s.pointer(key).is_some(), "{key}");
+    }
+    assert_eq!(s["loadgen"]["rss_bytes_per_session"], 32.0);
+    assert!(s["loadgen"]["rss_anon_bytes_per_session"].is_null());
+    assert!(threshold_failures(&o.config, &s).is_empty());
+    let t = table(&s);
+    assert!(
+        t.lines()
+            .any(|l| l.contains("loadgen RSS per session") && l.ends_with(" 32.0 B")),
+        "{t}"
+    );
+}
+
+#[test]
+fn each_failed_threshold_is_named_with_its_numbers() {
+    let o = outcome(60, 3, 5_000);
+    let s = summary(&o);
+    let failed = threshold_failures(&o.config, &s);
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed[0].contains("--expect-sessions 100: held 60"));
+    assert!(failed[1].contains("--max-p99 1000us"));
+    assert!(failed[2].contains("--max-errors 0: 3 errors"));
+    // The hint names the limit and the fix.
+    let hint = s["error_hints"]["addr_not_avail"].as_str().unwrap();
+    assert!(
+        hint.contains("widen --source or ip_local_port_range"),
+        "{hint}"
+    );
+    assert!(table(&s).contains("3 (addr_not_avail=3)"));
+}
