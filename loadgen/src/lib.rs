@@ -1,13 +1,18 @@
 //! c10m-loadgen: opens many synthetic client sessions against a RESP server
 //! and reproduces production heartbeat patterns, open loop.
 //!
-//! The logic is sans-IO and free of `unsafe`: [`model`] (what clients do, as
-//! pure functions of seed and time), [`session`] (one client's 16-byte
-//! record and state machine), [`wheel`] (deadlines), [`plan`] (4-tuple
-//! space). The IO side pumps them: [`driver`] (one mio loop per pinned
-//! thread), [`fleet`] (the drivers of one process), [`procs`] (child
-//! processes past the descriptor limit), [`run`] (the timeline of a run),
-//! [`report`] and [`progress`] (results), [`host`] (facts about this machine).
+//! The logic is sans-IO and free of `unsafe` (the whole crate forbids it):
+//! [`model`] (what clients do, as pure functions of seed and time),
+//! [`session`] (one client's 16-byte record and state machine), [`wheel`]
+//! (deadlines), [`ramp`] (connect pacing), [`plan`] (the 4-tuple space),
+//! [`scenario`] and [`cli`] (configuration), [`stats`] (counters, error
+//! kinds, histograms). The IO side pumps them: [`driver`] (one mio loop per
+//! pinned thread, woken by a timerfd on [`clock`]'s epoch), [`fleet`] (the
+//! drivers of one process), [`procs`] (child processes past the descriptor
+//! limit), [`run`] (a run from start to verdict). Results: [`report`]
+//! (summary.json, thresholds, table), [`results`] and [`hlog`]
+//! (timeline.csv, interval logs), [`progress`]; [`host`] and [`resident`]
+//! serve the MEASURING.md memory figures.
 #![forbid(unsafe_code)]
 
 pub mod cli;
