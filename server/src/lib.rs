@@ -13,6 +13,7 @@ pub mod listen;
 pub mod server;
 pub mod spill;
 pub mod stats;
+pub mod supervisor;
 pub mod sys;
 pub mod table;
 pub mod wheel;

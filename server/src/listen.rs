@@ -87,6 +87,35 @@ pub fn bind_listeners(
     Ok((all, bound))
 }
 
+/// Reserves `addr` for a group of processes that will each `join` it: a
+/// bound, never-listening SO_REUSEPORT socket (it takes no connections,
+/// since only listening sockets are in the reuseport group). For a fixed
+/// port it first checks, like [`bind_listeners`], that no one else holds
+/// it. Keep the socket open as long as the group lives.
+pub fn reserve_port(addr: SocketAddr) -> Result<(Socket, SocketAddr), ListenError> {
+    if addr.port() != 0 {
+        let probe = socket_for(addr).map_err(|e| classify(addr, e))?;
+        probe.bind(&addr.into()).map_err(|e| classify(addr, e))?;
+    }
+    // SO_REUSEPORT without SO_REUSEADDR: the group's members (both flags)
+    // may join, while a plain SO_REUSEADDR bind, like the probe, conflicts.
+    let socket = socket_for(addr).map_err(|e| classify(addr, e))?;
+    socket
+        .set_reuse_address(false)
+        .map_err(|e| classify(addr, e))?;
+    socket.set_reuse_port(true).map_err(|e| classify(addr, e))?;
+    socket.bind(&addr.into()).map_err(|e| classify(addr, e))?;
+    let bound = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| ListenError::Other {
+            addr,
+            source: io::Error::other("bound address unknown"),
+        })?;
+    Ok((socket, bound))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +138,21 @@ mod tests {
         // A process that joins on purpose shares the port.
         let (_joined, again) = bind_listeners(bound, 1, 128, true).unwrap();
         assert_eq!(again, bound);
+    }
+
+    #[test]
+    fn a_reserved_port_is_joined_by_the_group_and_refused_to_others() {
+        let (_reservation, bound) = reserve_port("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(bound.port(), 0);
+        assert!(matches!(
+            bind_listeners(bound, 1, 128, false),
+            Err(ListenError::InUse { .. })
+        ));
+        let (_a, _) = bind_listeners(bound, 1, 128, true).unwrap();
+        let (_b, _) = bind_listeners(bound, 1, 128, true).unwrap();
+        // The reservation itself never takes a connection: both joiners do.
+        for _ in 0..20 {
+            std::net::TcpStream::connect(bound).unwrap();
+        }
     }
 }

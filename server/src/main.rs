@@ -2,7 +2,8 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use c10m_server::server::{self, ServerConfig};
+use c10m_server::server::{self, ServerConfig, StatsFormat};
+use c10m_server::supervisor::{self, Procs};
 use c10m_server::sys::{allowed_cpus, BackendChoice};
 use clap::Parser;
 use std::net::SocketAddr;
@@ -65,6 +66,18 @@ struct Cli {
     #[arg(long)]
     stats_json: Option<PathBuf>,
 
+    /// Run K child processes sharing the port (SO_REUSEPORT), each with its
+    /// own workers and share of --max-sessions, restarted if they die;
+    /// `auto`: enough for --max-sessions under RLIMIT_NOFILE. For hosts
+    /// where one process cannot hold enough descriptors.
+    #[arg(long, value_parser = parse_procs)]
+    procs: Option<Procs>,
+
+    /// Stats line format: `text` (key=value) or `json` (one JSON object per
+    /// line, prefixed `stats-json `).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    stats_format: String,
+
     /// Event mechanism: `uring` (io_uring: multishot accept and recv over a
     /// provided-buffer ring), `epoll`, or `auto`: uring when the kernel
     /// offers all it needs, else epoll (the start-up line says which, why).
@@ -72,9 +85,21 @@ struct Cli {
     backend: BackendChoice,
 
     /// Join a port other server processes already listen on (SO_REUSEPORT)
-    /// instead of refusing it as in use.
+    /// instead of refusing it as in use (used by --procs children).
     #[arg(long, hide = true)]
     join: bool,
+}
+
+fn parse_procs(s: &str) -> Result<Procs, String> {
+    if s == "auto" {
+        return Ok(Procs::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(k) if k >= 1 => Ok(Procs::Count(k)),
+        _ => Err(format!(
+            "'{s}' is not a process count (write e.g. 4, or auto)"
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -168,12 +193,25 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         stats_json: cli.stats_json,
         join: cli.join,
         backend: cli.backend,
+        stats_format: if cli.stats_format == "json" {
+            StatsFormat::Json
+        } else {
+            StatsFormat::Text
+        },
     })
 }
 
 fn main() {
     let cli = Cli::parse();
-    let result = config(cli).and_then(|c| server::run(c).context("server stopped"));
+    let procs = cli.procs.filter(|p| *p != Procs::Count(1));
+    let workers = cli.workers;
+    let result = supervisor::bind_to_supervisor()
+        .and_then(|()| config(cli))
+        .and_then(|c| match procs {
+            Some(procs) => supervisor::run(c, procs, workers).map(|_| ()),
+            None => server::run(c).map(|_| ()),
+        })
+        .context("server stopped");
     if let Err(e) = result {
         // One line: the outermost context is noise when the cause says it all.
         let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();

@@ -40,6 +40,28 @@ pub struct ServerConfig {
     pub join: bool,
     /// `--backend`: io_uring, epoll, or the best the kernel offers.
     pub backend: sys::BackendChoice,
+    pub stats_format: StatsFormat,
+}
+
+/// How the periodic stats line is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsFormat {
+    /// `stats key=value …`, for people and grep.
+    Text,
+    /// `stats-json {…}` (the [`Report`] as one JSON line), for the supervisor.
+    Json,
+}
+
+/// Prints one periodic stats line.
+pub fn print_stats(report: &Report, since: Option<&Report>, format: StatsFormat) {
+    match format {
+        StatsFormat::Text => println!("{}", report.line(since)),
+        StatsFormat::Json => match serde_json::to_string(report) {
+            Ok(json) => println!("stats-json {json}"),
+            Err(e) => eprintln!("c10m-server: cannot encode stats: {e}"),
+        },
+    }
+    flush_stdout();
 }
 
 /// Wheel tick: 1/64 of the idle timeout, between 10 ms and 1 s, so
@@ -153,8 +175,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         }
         if !config.stats_interval.is_zero() && Instant::now() >= next_line {
             let r = report(&stats);
-            println!("{}", r.line(last.as_ref()));
-            flush_stdout();
+            print_stats(&r, last.as_ref(), config.stats_format);
             last = Some(r);
             next_line += config.stats_interval;
         }
@@ -186,7 +207,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     Ok(final_report)
 }
 
-fn announce_limits(nofile: &NoFile, capacity: u64) {
+pub(crate) fn announce_limits(nofile: &NoFile, capacity: u64) {
     let raised = if nofile.soft_before < nofile.soft {
         format!(" (soft raised from {})", nofile.soft_before)
     } else {
@@ -198,13 +219,13 @@ fn announce_limits(nofile: &NoFile, capacity: u64) {
     );
 }
 
-fn cpu_list(cpus: &[usize]) -> String {
+pub(crate) fn cpu_list(cpus: &[usize]) -> String {
     cpus.iter()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(",")
 }
 
-fn flush_stdout() {
+pub(crate) fn flush_stdout() {
     let _ = std::io::stdout().flush();
 }

@@ -156,7 +156,21 @@ pub struct Report {
     pub rss_bytes_per_session: f64,
     pub cpu_user_s: f64,
     pub cpu_sys_s: f64,
+    /// Server processes summed in this report (1 without a supervisor).
+    #[serde(default = "one")]
+    pub procs: u64,
+    /// Child processes restarted by the supervisor after dying.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Sessions that were open in children that died (lost, not closed).
+    #[serde(default)]
+    pub sessions_lost: u64,
+    /// Per worker (one process), or per child process (supervisor).
     pub workers: Vec<Snapshot>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Report {
@@ -177,6 +191,9 @@ impl Report {
             },
             cpu_user_s: process.cpu_user_s,
             cpu_sys_s: process.cpu_sys_s,
+            procs: 1,
+            restarts: 0,
+            sessions_lost: 0,
             workers,
         }
     }
@@ -200,11 +217,19 @@ impl Report {
                 0.0
             }
         };
+        let procs = if self.procs > 1 {
+            format!(
+                " procs={} restarts={} lost={}",
+                self.procs, self.restarts, self.sessions_lost
+            )
+        } else {
+            String::new()
+        };
         format!(
             "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} \
              closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
-             rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s",
+             rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
             self.uptime_s,
             t.sessions_open,
             t.accepted,
@@ -226,6 +251,7 @@ impl Report {
             self.rss_bytes_per_session,
             self.cpu_user_s,
             self.cpu_sys_s,
+            procs,
         )
     }
 }

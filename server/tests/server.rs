@@ -36,6 +36,8 @@ backend_tests!(
     reader_that_stops_reading_is_bounded_then_served,
     descriptor_exhaustion_pauses_accept_without_spinning,
     startup_line_names_the_backend_and_why,
+    supervisor_sums_children_restarts_a_killed_one_and_stops_all,
+    supervisor_death_takes_its_children_along,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -488,4 +490,149 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|d| std::path::Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+/// `--procs 3`: 15 000 sessions over three children; one child is killed
+/// with SIGKILL, restarted, and its clients reconnect; stats sum across
+/// children; SIGTERM stops every process.
+fn supervisor_sums_children_restarts_a_killed_one_and_stops_all(backend: Backend) {
+    const N: usize = 15_000;
+    let _fds = heavy();
+    let server = Server::start(
+        backend,
+        &["--procs", "3", "--max-sessions", "15000", "--workers", "1"],
+    );
+    let children = children_of(server.pid);
+    assert_eq!(children.len(), 3, "{children:?}");
+    let mut clients: Vec<TcpStream> = (0..N).map(|_| server.connect()).collect();
+    for c in clients.iter_mut() {
+        roundtrip(c, b"PING\r\n", b"+PONG\r\n");
+    }
+    let line = server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
+    assert_eq!(stat(&line, "procs"), Some(3), "{line}");
+
+    kill(children[0], nix::sys::signal::Signal::SIGKILL);
+    // Clients of the dead child see their connection fail; they reconnect
+    // (with a small backoff) and are served by the survivors or the new child.
+    let mut reconnected = 0;
+    for c in clients.iter_mut() {
+        let alive = c.write_all(b"PING\r\n").is_ok() && {
+            let mut b = [0u8; 7];
+            c.read_exact(&mut b).is_ok() && &b == b"+PONG\r\n"
+        };
+        if !alive {
+            *c = reconnect(&server);
+            reconnected += 1;
+        }
+    }
+    assert!(
+        reconnected > 2000,
+        "only {reconnected} sessions were on the killed child"
+    );
+    let line = server.wait_stat("restarts", |v| v == 1, Duration::from_secs(10));
+    assert!(stat(&line, "lost").unwrap() > 2000, "{line}");
+    server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
+    let now = children_of(server.pid);
+    assert_eq!(now.len(), 3, "the killed child was replaced: {now:?}");
+    assert!(!now.contains(&children[0]));
+
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+    assert_eq!(stopped.stats["procs"], 3);
+    assert_eq!(stopped.stats["restarts"], 1);
+    assert_eq!(stopped.stats["closed"]["shutdown"], N as u64);
+    let accepted = stopped.stats["accepted"].as_u64().unwrap();
+    assert_eq!(accepted, (N + reconnected) as u64);
+    let per_child: u64 = stopped.stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["closed"]["shutdown"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_child, N as u64, "the total is the sum of the children");
+    for pid in now.iter().chain(&children) {
+        assert!(!alive(*pid), "child {pid} outlived the supervisor");
+    }
+}
+
+fn supervisor_death_takes_its_children_along(backend: Backend) {
+    let _fds = light();
+    let mut server = Server::start(backend, &["--procs", "2", "--workers", "1"]);
+    let children = children_of(server.pid);
+    assert_eq!(children.len(), 2);
+    kill(server.pid, nix::sys::signal::Signal::SIGKILL);
+    server.wait(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "children outlived a killed supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Connects until a PING is answered: while the killed child is being
+/// restarted, the survivors may be full and reject (accept, then close).
+/// Each attempt binds a new source address (port chosen at connect time,
+/// IP_BIND_ADDRESS_NO_PORT): with most of the ephemeral range in use, the
+/// kernel would hand the same source port back after a reset, and
+/// SO_REUSEPORT would hash that 4-tuple to the same full child every time
+/// (found by this test; the loadgen spreads sources the same way).
+fn reconnect(server: &Server) -> TcpStream {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SOURCE: AtomicU32 = AtomicU32::new(0);
+    // A flat 1 ms pause: with 2 of 3 children full, most attempts fail, and
+    // an exponential backoff would make this test take minutes.
+    for _ in 0..2000 {
+        let n = SOURCE.fetch_add(1, Ordering::Relaxed);
+        let source = std::net::SocketAddr::from(([127, 1, (n >> 8) as u8, n as u8], 0));
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .unwrap();
+        sock.bind(&source.into()).unwrap();
+        if sock.connect(&server.addr.into()).is_ok() {
+            let mut s: TcpStream = sock.into();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut b = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut b).is_ok()
+                && &b == b"+PONG\r\n"
+            {
+                return s;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let last = server.wait_stat("open", |_| true, Duration::from_secs(1));
+    panic!("could not reconnect; last stats: {last}");
+}
+
+fn kill(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let after = &s[s.rfind(')').unwrap_or(0) + 2..];
+                after.split_whitespace().nth(1) == Some(&parent.to_string())
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let after = &s[s.rfind(')').unwrap_or(0) + 2..];
+        !after.starts_with('Z')
+    })
 }
