@@ -129,22 +129,17 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     std::thread::sleep(Duration::from_millis(50));
     let baseline = ProcessUsage::read().rss_bytes;
     let started = Instant::now();
-    println!(
-        "c10m-server listening on {bound} backend={} backend_why={} workers={} cpus={} \
-         max_sessions={max_sessions} idle_timeout={} max_frame={} pid={}",
-        selected.backend.name(),
-        selected.why,
-        config.workers,
-        if config.pin {
-            cpu_list(&config.cpus)
-        } else {
-            "unpinned".into()
-        },
-        humantime::format_duration(config.idle_timeout),
-        config.max_frame,
-        std::process::id(),
+    announce_listening(
+        &config,
+        bound,
+        &format!(
+            "backend={} backend_why={} workers={}",
+            selected.backend.name(),
+            selected.why,
+            config.workers
+        ),
+        max_sessions,
     );
-    flush_stdout();
 
     let report = |stats: &[Arc<WorkerStats>]| {
         let mut r = Report::new(
@@ -205,6 +200,30 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         bail!(e);
     }
     Ok(final_report)
+}
+
+/// The start-up line tests and scripts read the bound address from:
+/// `c10m-server listening on ADDR key=value…`. `what` names the backend and
+/// the process layout.
+pub(crate) fn announce_listening(
+    config: &ServerConfig,
+    bound: SocketAddr,
+    what: &str,
+    max_sessions: u64,
+) {
+    println!(
+        "c10m-server listening on {bound} {what} cpus={} max_sessions={max_sessions} \
+         idle_timeout={} max_frame={} pid={}",
+        if config.pin {
+            cpu_list(&config.cpus)
+        } else {
+            "unpinned".into()
+        },
+        humantime::format_duration(config.idle_timeout),
+        config.max_frame,
+        std::process::id(),
+    );
+    flush_stdout();
 }
 
 pub(crate) fn announce_limits(nofile: &NoFile, capacity: u64) {

@@ -21,7 +21,9 @@
 
 use crate::limits::{self, NoFile};
 use crate::listen::reserve_port;
-use crate::server::{announce_limits, cpu_list, flush_stdout, print_stats, ServerConfig};
+use crate::server::{
+    announce_limits, announce_listening, cpu_list, flush_stdout, print_stats, ServerConfig,
+};
 use crate::stats::{ProcessUsage, Report, Snapshot};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -177,21 +179,16 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
         .unwrap_or_else(|e| e.into_inner())
         .backend
         .clone();
-    println!(
-        "c10m-server listening on {bound} backend={backend} procs={} workers={} cpus={} \
-         max_sessions={max_sessions} idle_timeout={} max_frame={} pid={}",
-        slots.len(),
-        slots[0].spec.workers,
-        if config.pin {
-            cpu_list(&config.cpus)
-        } else {
-            "unpinned".into()
-        },
-        humantime::format_duration(config.idle_timeout),
-        config.max_frame,
-        std::process::id(),
+    announce_listening(
+        &config,
+        bound,
+        &format!(
+            "backend={backend} procs={} workers={}",
+            slots.len(),
+            slots[0].spec.workers
+        ),
+        max_sessions,
     );
-    flush_stdout();
 
     let started = Instant::now();
     let mut totals = Totals::default();

@@ -10,24 +10,7 @@ const MAX: usize = DEFAULT_MAX_FRAME;
 /// Decodes a whole stream in one go, returning every reply the server
 /// would send and whether it would close the session.
 fn serve(stream: &[u8], max: usize) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        match decode_request(&stream[pos..], max) {
-            Ok(Some((cmd, len))) => {
-                encode_reply(&cmd, &mut out);
-                pos += len;
-                if cmd == Command::Quit {
-                    return (out, true);
-                }
-            }
-            Ok(None) => return (out, false),
-            Err(e) => {
-                encode_protocol_error(&e, &mut out);
-                return (out, true);
-            }
-        }
-    }
+    serve_split(stream, &[], max)
 }
 
 /// The same stream delivered in arbitrary pieces, the way a session sees
