@@ -52,16 +52,19 @@ pub enum CloseReason {
     Overflow,
     /// The server is stopping.
     Shutdown,
+    /// A partial frame was held longer than the frame timeout (slowloris).
+    FrameTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Peer,
         CloseReason::Evicted,
         CloseReason::Protocol,
         CloseReason::Reset,
         CloseReason::Overflow,
         CloseReason::Shutdown,
+        CloseReason::FrameTimeout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +75,7 @@ impl CloseReason {
             CloseReason::Reset => "reset",
             CloseReason::Overflow => "overflow",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::FrameTimeout => "frame_timeout",
         }
     }
 }
@@ -88,7 +92,7 @@ pub enum Verdict {
 pub struct Counters {
     pub accepted: u64,
     pub rejected: u64,
-    pub closed: [u64; 6],
+    pub closed: [u64; 7],
     pub heartbeats: u64,
     pub commands: u64,
     pub bytes_in: u64,
@@ -111,6 +115,8 @@ impl Counters {
 pub struct CoreConfig {
     pub max_frame: usize,
     pub idle_timeout_ticks: u32,
+    /// Longest a partial frame may wait for its end, in ticks.
+    pub frame_timeout_ticks: u32,
     pub spill_budget: usize,
     /// Sessions to reserve table room for (virtual memory only).
     pub capacity: usize,
@@ -121,7 +127,10 @@ pub struct SessionCore<H> {
     table: SessionTable<H>,
     wheel: DeadlineWheel,
     spill: SpillArea,
+    /// Scratch for the wheel's expired keys.
+    expired: Vec<u32>,
     max_frame: usize,
+    frame_timeout: u32,
     pub counters: Counters,
 }
 
@@ -131,7 +140,9 @@ impl<H> SessionCore<H> {
             table: SessionTable::with_capacity(config.capacity),
             wheel: DeadlineWheel::new(config.idle_timeout_ticks, now),
             spill: SpillArea::new(config.spill_budget),
+            expired: Vec::new(),
             max_frame: config.max_frame,
+            frame_timeout: config.frame_timeout_ticks.max(1),
             counters: Counters::default(),
         }
     }
@@ -190,7 +201,7 @@ impl<H> SessionCore<H> {
         self.counters.bytes_in += data.len() as u64;
         self.wheel.touch(&mut self.table, key, now);
         let session = self.table.get_mut(key);
-        let mut held = self.spill.take_input(&mut session.spill);
+        let (mut held, held_since) = self.spill.take_input(&mut session.spill);
         let (consumed, verdict) = if held.is_empty() {
             self.serve(data, out)
         } else {
@@ -209,8 +220,15 @@ impl<H> SessionCore<H> {
             return Verdict::Open;
         }
         self.counters.spilled_frames += 1;
+        // The frame timeout runs from the first byte of a frame: a held
+        // frame that is still incomplete keeps its start time.
+        let since = if !held.is_empty() && consumed == 0 {
+            held_since
+        } else {
+            now
+        };
         let session = self.table.get_mut(key);
-        match self.spill.put_input(&mut session.spill, rest) {
+        match self.spill.put_input(&mut session.spill, key, rest, since) {
             Ok(()) => Verdict::Open,
             Err(_) => Verdict::Close(CloseReason::Overflow),
         }
@@ -278,9 +296,29 @@ impl<H> SessionCore<H> {
         drained
     }
 
-    /// Appends to `due` the sessions idle past their deadline at `now`.
-    pub fn expire(&mut self, now: u32, due: &mut Vec<u32>) {
-        self.wheel.expire(&mut self.table, now, due);
+    /// Appends to `due` the sessions to close at `now`, with the reason:
+    /// idle past their deadline (evicted), or holding a partial frame
+    /// longer than the frame timeout. Each key appears once.
+    pub fn expire(&mut self, now: u32, due: &mut Vec<(u32, CloseReason)>) {
+        self.expired.clear();
+        self.wheel.expire(&mut self.table, now, &mut self.expired);
+        due.extend(self.expired.iter().map(|&k| (k, CloseReason::Evicted)));
+        let first = due.len();
+        let oldest = now.wrapping_sub(self.frame_timeout);
+        self.spill
+            .frames_started_before(oldest, |owner| due.push((owner, CloseReason::FrameTimeout)));
+        // A session both idle and slow is closed once, as evicted.
+        if !self.expired.is_empty() {
+            let expired = &self.expired;
+            let mut i = first;
+            while i < due.len() {
+                if expired.contains(&due[i].0) {
+                    due.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
     }
 
     /// Closes a session, counting the reason, and returns its handle.

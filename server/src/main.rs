@@ -44,6 +44,12 @@ struct Cli {
     #[arg(long, default_value = "600s", value_parser = parse_duration)]
     idle_timeout: Duration,
 
+    /// Close a session whose partial frame is not complete this long after
+    /// its first byte (a slowloris client dribbling bytes), counted as
+    /// frame_timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    frame_timeout: Duration,
+
     /// Largest request frame in bytes; a longer one gets
     /// `-ERR Protocol error` and its session is closed.
     #[arg(long, default_value_t = c10m_server::wire::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
@@ -186,6 +192,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         pin: !cli.no_pin,
         max_sessions: cli.max_sessions,
         idle_timeout: cli.idle_timeout.max(Duration::from_millis(10)),
+        frame_timeout: cli.frame_timeout.max(Duration::from_millis(10)),
         max_frame: cli.max_frame,
         spill_budget: cli.spill_budget,
         backlog: cli.backlog.max(1),

@@ -17,6 +17,10 @@ use slab::Slab;
 struct SpillEntry {
     input: Vec<u8>,
     output: Vec<u8>,
+    /// The session key holding this entry.
+    owner: u32,
+    /// Tick at which the held partial frame began (valid with input).
+    input_since: u32,
 }
 
 /// The budget would be exceeded: the caller closes the session.
@@ -76,18 +80,27 @@ impl SpillArea {
     /// Takes the stored partial frame (empty if none), leaving the entry's
     /// input empty. The caller appends new bytes, parses, and gives back
     /// what is left with [`SpillArea::put_input`].
-    pub fn take_input(&mut self, index: &mut u32) -> Vec<u8> {
+    pub fn take_input(&mut self, index: &mut u32) -> (Vec<u8>, u32) {
         if *index == crate::table::NO_SPILL {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
-        let input = std::mem::take(&mut self.entries[*index as usize].input);
+        let e = &mut self.entries[*index as usize];
+        let input = std::mem::take(&mut e.input);
+        let since = e.input_since;
         self.bytes -= input.len();
         self.release_if_empty(index);
-        input
+        (input, since)
     }
 
-    /// Stores a partial frame (replacing nothing: input must be empty).
-    pub fn put_input(&mut self, index: &mut u32, bytes: &[u8]) -> Result<(), OverBudget> {
+    /// Stores the partial frame of session `owner`, begun at tick `since`
+    /// (replacing nothing: input must be empty).
+    pub fn put_input(
+        &mut self,
+        index: &mut u32,
+        owner: u32,
+        bytes: &[u8],
+        since: u32,
+    ) -> Result<(), OverBudget> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -95,7 +108,20 @@ impl SpillArea {
         let e = self.entry(index);
         debug_assert!(e.input.is_empty());
         e.input.extend_from_slice(bytes);
+        e.owner = owner;
+        e.input_since = since;
         Ok(())
+    }
+
+    /// Calls `f` with the owner of every partial frame begun at or before
+    /// tick `oldest` (wrapping compare). Scans only spilled sessions, a
+    /// small set bounded by the budget.
+    pub fn frames_started_before(&self, oldest: u32, mut f: impl FnMut(u32)) {
+        for (_, e) in &self.entries {
+            if !e.input.is_empty() && oldest.wrapping_sub(e.input_since) <= u32::MAX / 2 {
+                f(e.owner);
+            }
+        }
     }
 
     /// Appends replies that could not be written.
@@ -151,10 +177,15 @@ mod tests {
     fn bytes_are_counted_and_entries_freed_when_empty() {
         let mut area = SpillArea::new(100);
         let mut a = NO_SPILL;
-        area.put_input(&mut a, b"PIN").unwrap();
+        area.put_input(&mut a, 7, b"PIN", 3).unwrap();
         area.push_output(&mut a, b"+PONG\r\n").unwrap();
         assert_eq!(area.bytes(), 10);
-        assert_eq!(area.take_input(&mut a), b"PIN");
+        let mut slow = Vec::new();
+        area.frames_started_before(2, |o| slow.push(o));
+        assert!(slow.is_empty());
+        area.frames_started_before(3, |o| slow.push(o));
+        assert_eq!(slow, [7]);
+        assert_eq!(area.take_input(&mut a), (b"PIN".to_vec(), 3));
         assert_ne!(a, NO_SPILL, "output still held");
         assert!(!area.consume_output(&mut a, 3));
         assert_eq!(area.output(a), b"NG\r\n");

@@ -19,7 +19,7 @@ pub struct WorkerStats {
     spill_bytes: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
-    closed: [AtomicU64; 6],
+    closed: [AtomicU64; 7],
     heartbeats: AtomicU64,
     commands: AtomicU64,
     bytes_in: AtomicU64,
@@ -55,6 +55,9 @@ pub struct Closed {
     pub reset: u64,
     pub overflow: u64,
     pub shutdown: u64,
+    /// Partial frame held past --frame-timeout (slowloris).
+    #[serde(default)]
+    pub frame_timeout: u64,
 }
 
 impl WorkerStats {
@@ -89,6 +92,7 @@ impl WorkerStats {
                 reset: closed(CloseReason::Reset),
                 overflow: closed(CloseReason::Overflow),
                 shutdown: closed(CloseReason::Shutdown),
+                frame_timeout: closed(CloseReason::FrameTimeout),
             },
             heartbeats: self.heartbeats.load(Relaxed),
             commands: self.commands.load(Relaxed),
@@ -110,6 +114,7 @@ impl std::ops::AddAssign for Closed {
         self.reset += o.reset;
         self.overflow += o.overflow;
         self.shutdown += o.shutdown;
+        self.frame_timeout += o.frame_timeout;
     }
 }
 
@@ -227,7 +232,7 @@ impl Report {
         };
         format!(
             "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} \
-             closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{} \
+             closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{},frame_timeout:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
              rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
             self.uptime_s,
@@ -241,6 +246,7 @@ impl Report {
             t.closed.reset,
             t.closed.overflow,
             t.closed.shutdown,
+            t.closed.frame_timeout,
             t.heartbeats,
             rate(t.heartbeats, prev_hb),
             t.bytes_in,

@@ -241,6 +241,10 @@ fn child_command(
             "--idle-timeout",
             &humantime::format_duration(config.idle_timeout).to_string(),
         ])
+        .args([
+            "--frame-timeout",
+            &humantime::format_duration(config.frame_timeout).to_string(),
+        ])
         .args(["--max-frame", &config.max_frame.to_string()])
         .args(["--spill-budget", &config.spill_budget.to_string()])
         .args(["--backlog", &config.backlog.to_string()])
@@ -485,6 +489,7 @@ mod tests {
             pin: true,
             max_sessions: max,
             idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(10),
             max_frame: 512,
             spill_budget: 1 << 20,
             backlog: 128,

@@ -38,6 +38,7 @@ backend_tests!(
     startup_line_names_the_backend_and_why,
     supervisor_sums_children_restarts_a_killed_one_and_stops_all,
     supervisor_death_takes_its_children_along,
+    slowloris_is_closed_at_the_frame_timeout,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -201,6 +202,45 @@ fn idle_session_is_evicted_and_heartbeating_one_kept(backend: Backend) {
     let stopped = server.stop();
     assert_eq!(stopped.stats["closed"]["evicted"], 1, "{}", stopped.stats);
     assert_eq!(stopped.stats["closed"]["shutdown"], 1, "{}", stopped.stats);
+}
+
+/// A client dribbling one byte every 100 ms never completes a frame: it
+/// keeps its idle deadline fresh, but the frame timeout closes it.
+fn slowloris_is_closed_at_the_frame_timeout(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(
+        backend,
+        &["--frame-timeout", "400ms", "--idle-timeout", "60s"],
+    );
+    let mut slow = server.connect();
+    let mut good = server.connect();
+    let started = Instant::now();
+    let mut closed_after = None;
+    for byte in b"*1\r\n$4\r\nPING".iter().cycle().take(30) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        roundtrip(&mut good, b"PING\r\n", b"+PONG\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed_after = closed_after.unwrap_or_else(|| {
+        // The write after a close can still succeed once: look for EOF.
+        slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(read_to_close(&mut slow), b"");
+        started.elapsed()
+    });
+    assert!(
+        closed_after >= Duration::from_millis(400),
+        "{closed_after:?}"
+    );
+    let stopped = server.stop();
+    assert_eq!(
+        stopped.stats["closed"]["frame_timeout"], 1,
+        "{}",
+        stopped.stats
+    );
+    assert_eq!(stopped.stats["closed"]["shutdown"], 1);
 }
 
 fn sigterm_closes_sessions_and_writes_stats(backend: Backend) {

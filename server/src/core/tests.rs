@@ -7,6 +7,7 @@ fn core(idle_ticks: u32, spill_budget: usize) -> SessionCore<u32> {
         CoreConfig {
             max_frame: 64,
             idle_timeout_ticks: idle_ticks,
+            frame_timeout_ticks: 3,
             spill_budget,
             capacity: 16,
         },
@@ -98,8 +99,8 @@ fn idle_sessions_are_evicted_and_heartbeats_keep_them() {
             c.ingest(chatty, now, b"PING\r\n", &mut out);
         }
         c.expire(now, &mut due);
-        for &key in &due {
-            c.close(key, CloseReason::Evicted);
+        for &(key, reason) in &due {
+            c.close(key, reason);
         }
         if now < 5 {
             assert!(
@@ -108,11 +109,45 @@ fn idle_sessions_are_evicted_and_heartbeats_keep_them() {
             );
         }
         if now == 5 {
-            assert_eq!(due, [quiet]);
+            assert_eq!(due, [(quiet, CloseReason::Evicted)]);
         }
         due.clear();
     }
     assert_eq!(c.sessions(), 1);
     assert_eq!(c.resolve(c.token(chatty)), Some(chatty));
     assert_eq!(c.counters.closed(CloseReason::Evicted), 1);
+}
+
+#[test]
+fn a_partial_frame_held_past_the_frame_timeout_closes_its_session() {
+    let mut c = core(100, 1024);
+    let slow = c.open(1, 0).key();
+    let steady = c.open(2, 0).key();
+    let mut out = Vec::new();
+    let mut due = Vec::new();
+    // One byte a tick: the idle deadline keeps moving, the frame never ends.
+    for (now, byte) in (0..).zip(b"PING") {
+        c.ingest(slow, now, &[*byte], &mut out);
+        // A complete frame each tick, then a new partial one: its clock restarts.
+        c.ingest(steady, now, b"PING\r\nPI", &mut out);
+        c.ingest(steady, now, b"NG\r\nP", &mut out);
+        c.expire(now, &mut due);
+        if now < 3 {
+            assert!(due.is_empty(), "tick {now}: {due:?}");
+        }
+    }
+    assert_eq!(due, [(slow, CloseReason::FrameTimeout)]);
+    c.close(slow, CloseReason::FrameTimeout);
+    assert_eq!(c.counters.closed(CloseReason::FrameTimeout), 1);
+}
+
+#[test]
+fn a_session_both_idle_and_slow_is_closed_once() {
+    let mut c = core(3, 1024);
+    let key = c.open(1, 0).key();
+    let mut out = Vec::new();
+    c.ingest(key, 0, b"PI", &mut out);
+    let mut due = Vec::new();
+    c.expire(3, &mut due);
+    assert_eq!(due, [(key, CloseReason::Evicted)]);
 }

@@ -79,7 +79,7 @@ struct State {
     out: Vec<u8>,
     /// Sessions with unread data left after their per-turn read budget.
     requeued: Vec<Token>,
-    due: Vec<u32>,
+    due: Vec<(u32, CloseReason)>,
     accept_more: bool,
     accept_paused_until: Option<Instant>,
 }
@@ -324,8 +324,8 @@ impl State {
         self.due.clear();
         self.core.expire(now, &mut self.due);
         for i in 0..self.due.len() {
-            let key = self.due[i];
-            self.close(key, CloseReason::Evicted);
+            let (key, reason) = self.due[i];
+            self.close(key, reason);
         }
     }
 

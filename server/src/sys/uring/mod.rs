@@ -202,7 +202,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     id: usize,
     out: Vec<u8>,
-    due: Vec<u32>,
+    due: Vec<(u32, CloseReason)>,
     accept_armed: bool,
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
@@ -426,8 +426,8 @@ impl Worker {
         self.due.clear();
         self.core.expire(now, &mut self.due);
         for i in 0..self.due.len() {
-            let key = self.due[i];
-            self.close(key, CloseReason::Evicted);
+            let (key, reason) = self.due[i];
+            self.close(key, reason);
         }
     }
 
