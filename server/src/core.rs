@@ -91,7 +91,10 @@ pub enum Verdict {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     pub accepted: u64,
+    /// Refused at the session cap (`--max-sessions`), answered busy.
     pub rejected: u64,
+    /// Refused by the accept gate (rate limit or overload), answered busy.
+    pub shed: u64,
     pub closed: [u64; 7],
     pub heartbeats: u64,
     pub commands: u64,
@@ -162,10 +165,6 @@ impl<H> SessionCore<H> {
         self.wheel.insert(&mut self.table, token.key(), now);
         self.counters.accepted += 1;
         token
-    }
-
-    pub fn count_rejected(&mut self) {
-        self.counters.rejected += 1;
     }
 
     pub fn resolve(&self, token: Token) -> Option<u32> {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
+use c10m_server::profile::Profiler;
 use c10m_server::server::{self, ServerConfig, StatsFormat};
 use c10m_server::supervisor::{self, Procs};
 use c10m_server::sys::{allowed_cpus, BackendChoice};
@@ -50,6 +51,17 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     frame_timeout: Duration,
 
+    /// New sessions per second per worker (token bucket, 1 s of burst);
+    /// the excess gets `-ERR BUSY retry-after=<s>` and is closed before any
+    /// session state exists (counted as shed). 0: unlimited.
+    #[arg(long, default_value_t = 0)]
+    accept_rate: u32,
+
+    /// Retry-after told to clients refused because the server is full
+    /// (--max-sessions) or overloaded (listen-queue overflows).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    retry_after: Duration,
+
     /// Largest request frame in bytes; a longer one gets
     /// `-ERR Protocol error` and its session is closed.
     #[arg(long, default_value_t = c10m_server::wire::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
@@ -71,6 +83,16 @@ struct Cli {
     /// Write the final stats as JSON to this file on exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+
+    /// Serve the stats as Prometheus text on ADDR (`PORT` alone binds
+    /// 127.0.0.1); with --procs the supervisor serves the children's sum.
+    #[arg(long, value_name = "ADDR", value_parser = c10m_server::metrics::parse_addr)]
+    metrics: Option<SocketAddr>,
+
+    /// Profile the CPU until exit: flamegraph SVG to PATH, pprof protobuf
+    /// to PATH with extension .pb (with --procs: PATH-child-N.svg per child).
+    #[arg(long, value_name = "PATH")]
+    profile: Option<PathBuf>,
 
     /// Run K child processes sharing the port (SO_REUSEPORT), each with its
     /// own workers and share of --max-sessions, restarted if they die;
@@ -193,6 +215,8 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         max_sessions: cli.max_sessions,
         idle_timeout: cli.idle_timeout.max(Duration::from_millis(10)),
         frame_timeout: cli.frame_timeout.max(Duration::from_millis(10)),
+        accept_rate: cli.accept_rate,
+        retry_after: cli.retry_after,
         max_frame: cli.max_frame,
         spill_budget: cli.spill_budget,
         backlog: cli.backlog.max(1),
@@ -212,13 +236,29 @@ fn main() {
     let cli = Cli::parse();
     let procs = cli.procs.filter(|p| *p != Procs::Count(1));
     let workers = cli.workers;
+    let (metrics, profile) = (cli.metrics, cli.profile.clone());
+    let mut profiler = None;
     let result = supervisor::bind_to_supervisor()
+        .and_then(|()| {
+            if let Some(addr) = metrics {
+                c10m_server::metrics::install(addr, "c10m-server")
+                    .with_context(|| format!("--metrics {addr}"))?;
+            }
+            profiler = profile.as_deref().map(Profiler::start).transpose()?;
+            Ok(())
+        })
         .and_then(|()| config(cli))
         .and_then(|c| match procs {
             Some(procs) => supervisor::run(c, procs, workers).map(|_| ()),
             None => server::run(c).map(|_| ()),
         })
         .context("server stopped");
+    if let Some(p) = profiler {
+        match p.finish() {
+            Ok((svg, pb)) => eprintln!("c10m-server: profile in {} and {}", svg.display(), pb.display()),
+            Err(e) => eprintln!("c10m-server: profile not written: {e:#}"),
+        }
+    }
     if let Err(e) = result {
         // One line: the outermost context is noise when the cause says it all.
         let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();

@@ -10,6 +10,7 @@ use crate::admission::Admission;
 use crate::core::CoreConfig;
 use crate::limits::{self, NoFile};
 use crate::listen::bind_listeners;
+use crate::shed::AcceptGate;
 use crate::stats::{ProcessUsage, Report, WorkerStats};
 use crate::sys::{self, RunningWorker, WorkerSetup};
 use anyhow::{bail, Context, Result};
@@ -33,6 +34,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Longest a partial frame may take to complete (slowloris defence).
     pub frame_timeout: Duration,
+    /// New sessions per second per worker (0: unlimited); the excess is
+    /// answered busy.
+    pub accept_rate: u32,
+    /// Retry-after told to clients refused for a full or overloaded server.
+    pub retry_after: Duration,
     pub max_frame: usize,
     pub spill_budget: usize,
     pub backlog: i32,
@@ -109,6 +115,8 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         spill_budget: config.spill_budget,
         capacity: (max_sessions as usize / config.workers.max(1)).min(1 << 24) + 1024,
     };
+    let overloaded = Arc::new(AtomicBool::new(false));
+    let mut overload = OverloadSignal::new();
     let mut stats = Vec::new();
     let mut workers: Vec<RunningWorker> = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
@@ -126,6 +134,11 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             admission: admission.clone(),
             stats: worker_stats,
             stop: stop.clone(),
+            gate: AcceptGate::new(
+                config.accept_rate,
+                config.retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+            ),
+            overloaded: overloaded.clone(),
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }
@@ -145,7 +158,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         max_sessions,
     );
 
-    let report = |stats: &[Arc<WorkerStats>]| {
+    let report = |stats: &[Arc<WorkerStats>], overflows: u64| {
         let mut r = Report::new(
             stats.iter().map(|s| s.snapshot()).collect(),
             ProcessUsage::read(),
@@ -153,6 +166,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         );
         r.uptime_s = started.elapsed().as_secs_f64();
         r.max_sessions = max_sessions;
+        r.listen_overflows = overflows;
         r
     };
     let mut last: Option<Report> = None;
@@ -160,6 +174,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     let mut failure = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        overloaded.store(overload.poll(Instant::now()), Ordering::Relaxed);
         if let Some(i) = workers.iter().position(|w| w.thread.is_finished()) {
             if stop.load(Ordering::Relaxed) {
                 break; // the signal reached that worker's thread first: a stop
@@ -172,8 +187,9 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             });
             break;
         }
+        crate::metrics::publish_with(|| report(&stats, overload.overflows()));
         if !config.stats_interval.is_zero() && Instant::now() >= next_line {
-            let r = report(&stats);
+            let r = report(&stats, overload.overflows());
             print_stats(&r, last.as_ref(), config.stats_format);
             last = Some(r);
             next_line += config.stats_interval;
@@ -192,7 +208,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             Err(_) => eprintln!("c10m-server: worker panicked while stopping"),
         }
     }
-    let final_report = report(&stats);
+    let final_report = report(&stats, overload.overflows());
     println!("final {}", final_report.line(None));
     flush_stdout();
     if let Some(path) = &config.stats_json {
@@ -230,6 +246,75 @@ pub(crate) fn announce_listening(
     flush_stdout();
 }
 
+/// The overload signal behind fast reject: the kernel's listen-queue
+/// overflow counter (TcpExt ListenOverflows in /proc/net/netstat, this
+/// network namespace) rising means connections are arriving faster than
+/// the server accepts them. While it rose within the last second, workers
+/// answer new connections busy. Read every 250 ms.
+#[derive(Debug)]
+pub struct OverloadSignal {
+    start: Option<u64>,
+    last: Option<u64>,
+    next_read: Instant,
+    until: Option<Instant>,
+}
+
+impl OverloadSignal {
+    pub fn new() -> Self {
+        let now = read_listen_overflows();
+        OverloadSignal {
+            start: now,
+            last: now,
+            next_read: Instant::now(),
+            until: None,
+        }
+    }
+
+    /// True while overloaded.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if now >= self.next_read {
+            self.next_read = now + Duration::from_millis(250);
+            let value = read_listen_overflows();
+            if let (Some(v), Some(last)) = (value, self.last) {
+                if v > last {
+                    self.until = Some(now + Duration::from_secs(1));
+                }
+            }
+            self.last = value.or(self.last);
+        }
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// Listen-queue overflows since the server started.
+    pub fn overflows(&self) -> u64 {
+        match (self.start, self.last) {
+            (Some(s), Some(l)) => l.saturating_sub(s),
+            _ => 0,
+        }
+    }
+}
+
+impl Default for OverloadSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn read_listen_overflows() -> Option<u64> {
+    parse_listen_overflows(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+/// TcpExt ListenOverflows from the text of /proc/net/netstat.
+pub fn parse_listen_overflows(netstat: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace();
+    let values = lines.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 pub(crate) fn announce_limits(nofile: &NoFile, capacity: u64) {
     let raised = if nofile.soft_before < nofile.soft {
         format!(" (soft raised from {})", nofile.soft_before)
@@ -251,4 +336,35 @@ pub(crate) fn cpu_list(cpus: &[usize]) -> String {
 
 pub(crate) fn flush_stdout() {
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_overflows_parse_from_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                    TcpExt: 0 17 20\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_listen_overflows(text), Some(17));
+        assert_eq!(parse_listen_overflows("IpExt: A\nIpExt: 1\n"), None);
+        assert!(
+            read_listen_overflows().is_some(),
+            "this kernel has /proc/net/netstat"
+        );
+    }
+
+    #[test]
+    fn ticks_follow_the_shorter_timeout() {
+        assert_eq!(tick_for(Duration::from_secs(600)), Duration::from_secs(1));
+        assert_eq!(
+            tick_for(Duration::from_millis(100)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            ticks(Duration::from_secs(10), Duration::from_millis(156)),
+            65
+        );
+    }
 }

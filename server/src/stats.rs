@@ -19,6 +19,7 @@ pub struct WorkerStats {
     spill_bytes: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    shed: AtomicU64,
     closed: [AtomicU64; 7],
     heartbeats: AtomicU64,
     commands: AtomicU64,
@@ -35,6 +36,9 @@ pub struct Snapshot {
     pub sessions_open: u64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Refused busy by the accept gate (rate limit or overload).
+    #[serde(default)]
+    pub shed: u64,
     pub closed: Closed,
     pub heartbeats: u64,
     pub commands: u64,
@@ -67,6 +71,7 @@ impl WorkerStats {
         self.spill_bytes.store(spill_bytes as u64, Relaxed);
         self.accepted.store(c.accepted, Relaxed);
         self.rejected.store(c.rejected, Relaxed);
+        self.shed.store(c.shed, Relaxed);
         for (slot, value) in self.closed.iter().zip(c.closed) {
             slot.store(value, Relaxed);
         }
@@ -85,6 +90,7 @@ impl WorkerStats {
             sessions_open: self.sessions_open.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            shed: self.shed.load(Relaxed),
             closed: Closed {
                 peer: closed(CloseReason::Peer),
                 evicted: closed(CloseReason::Evicted),
@@ -123,6 +129,7 @@ impl std::ops::AddAssign for Snapshot {
         self.sessions_open += o.sessions_open;
         self.accepted += o.accepted;
         self.rejected += o.rejected;
+        self.shed += o.shed;
         self.closed += o.closed;
         self.heartbeats += o.heartbeats;
         self.commands += o.commands;
@@ -170,6 +177,10 @@ pub struct Report {
     /// Sessions that were open in children that died (lost, not closed).
     #[serde(default)]
     pub sessions_lost: u64,
+    /// Listen-queue overflows (TcpExt ListenOverflows) since start, host-wide
+    /// in this network namespace: the overload signal behind fast reject.
+    #[serde(default)]
+    pub listen_overflows: u64,
     /// Per worker (one process), or per child process (supervisor).
     pub workers: Vec<Snapshot>,
 }
@@ -199,6 +210,7 @@ impl Report {
             procs: 1,
             restarts: 0,
             sessions_lost: 0,
+            listen_overflows: 0,
             workers,
         }
     }
@@ -231,7 +243,7 @@ impl Report {
             String::new()
         };
         format!(
-            "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} \
+            "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} shed={} \
              closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{},frame_timeout:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
              rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
@@ -240,6 +252,7 @@ impl Report {
             t.accepted,
             rate(t.accepted, prev_acc),
             t.rejected,
+            t.shed,
             t.closed.peer,
             t.closed.evicted,
             t.closed.protocol,

@@ -199,6 +199,7 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
         for (i, slot) in slots.iter_mut().enumerate() {
             supervise(i, slot, &mut totals, &command)?;
         }
+        crate::metrics::publish_with(|| totals.report(&slots, own_baseline, started, max_sessions));
         if !config.stats_interval.is_zero() && Instant::now() >= next_line {
             let r = totals.report(&slots, own_baseline, started, max_sessions);
             print_stats(&r, last.as_ref(), config.stats_format);
@@ -246,6 +247,11 @@ fn child_command(
             &humantime::format_duration(config.frame_timeout).to_string(),
         ])
         .args(["--max-frame", &config.max_frame.to_string()])
+        .args(["--accept-rate", &config.accept_rate.to_string()])
+        .args([
+            "--retry-after",
+            &humantime::format_duration(config.retry_after).to_string(),
+        ])
         .args(["--spill-budget", &config.spill_budget.to_string()])
         .args(["--backlog", &config.backlog.to_string()])
         .args([
@@ -262,6 +268,9 @@ fn child_command(
         .stderr(Stdio::inherit());
     if !config.pin {
         cmd.arg("--no-pin");
+    }
+    if let Some(svg) = crate::profile::for_child(&slot.stats_path) {
+        cmd.arg("--profile").arg(svg);
     }
     cmd
 }
@@ -490,6 +499,8 @@ mod tests {
             max_sessions: max,
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(10),
+            accept_rate: 0,
+            retry_after: Duration::from_secs(5),
             max_frame: 512,
             spill_budget: 1 << 20,
             backlog: 128,

@@ -258,6 +258,26 @@ pub fn encode_protocol_error(error: &ProtocolError, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The error a refused connection gets before it is closed.
+pub const BUSY_PREFIX: &[u8] = b"BUSY retry-after=";
+
+/// Appends `-ERR BUSY retry-after=<s>\r\n` to `out`.
+pub fn encode_busy(retry_after_s: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"-ERR ");
+    out.extend_from_slice(BUSY_PREFIX);
+    push_decimal(u64::from(retry_after_s), out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The retry-after seconds of a busy error reply's text (client side):
+/// `Some(s)` for `ERR BUSY retry-after=<s>`.
+pub fn parse_busy(error_text: &[u8]) -> Option<u32> {
+    let rest = error_text
+        .strip_prefix(b"ERR ")?
+        .strip_prefix(BUSY_PREFIX)?;
+    u32::try_from(parse_i64(rest)?).ok()
+}
+
 /// Appends a bulk string `$<len>\r\n<payload>\r\n` to `out`.
 pub fn encode_bulk(payload: &[u8], out: &mut Vec<u8>) {
     out.push(b'$');

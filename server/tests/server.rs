@@ -39,6 +39,7 @@ backend_tests!(
     supervisor_sums_children_restarts_a_killed_one_and_stops_all,
     supervisor_death_takes_its_children_along,
     slowloris_is_closed_at_the_frame_timeout,
+    accept_rate_sheds_the_excess_busy_and_spares_held_sessions,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -285,19 +286,71 @@ fn max_sessions_rejects_the_excess(backend: Backend) {
     let server = Server::start(backend, &["--max-sessions", "5"]);
     let mut clients: Vec<TcpStream> = (0..8).map(|_| server.connect()).collect();
     let mut answered = 0;
-    let mut closed = 0;
+    let mut busy = 0;
     for c in &mut clients {
         let _ = c.write_all(b"PING\r\n");
-        let mut buf = [0u8; 7];
-        match c.read_exact(&mut buf) {
-            Ok(()) if &buf == b"+PONG\r\n" => answered += 1,
-            _ => closed += 1,
+        let reply = read_some(c);
+        if reply == b"+PONG\r\n" {
+            answered += 1;
+        } else {
+            assert_eq!(reply, b"-ERR BUSY retry-after=5\r\n");
+            busy += 1;
         }
     }
-    assert_eq!((answered, closed), (5, 3));
+    assert_eq!((answered, busy), (5, 3));
     let stopped = server.stop();
     assert_eq!(stopped.stats["rejected"], 3);
     assert_eq!(stopped.stats["accepted"], 5);
+}
+
+/// `--accept-rate 5`: a burst of 5, then 5 per second; the excess is told
+/// to come back and closed, while held sessions keep being answered.
+fn accept_rate_sheds_the_excess_busy_and_spares_held_sessions(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &["--workers", "1", "--accept-rate", "5"]);
+    let mut admitted = Vec::new();
+    let mut shed = 0;
+    for _ in 0..20 {
+        let mut c = server.connect();
+        c.write_all(b"PING\r\n").unwrap();
+        let reply = read_some(&mut c);
+        if reply == b"+PONG\r\n" {
+            admitted.push(c);
+        } else {
+            assert_eq!(reply, b"-ERR BUSY retry-after=1\r\n");
+            assert_eq!(read_to_close(&mut c), b"");
+            shed += 1;
+        }
+    }
+    assert!(
+        (5..=7).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    for c in &mut admitted {
+        roundtrip(c, b"PING\r\n", b"+PONG\r\n");
+    }
+    // The bucket refills: after a second, a new client gets in.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut late = server.connect();
+    roundtrip(&mut late, b"PING\r\n", b"+PONG\r\n");
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["shed"], shed);
+    assert_eq!(stopped.stats["accepted"], admitted.len() as u64 + 1);
+}
+
+/// Reads what arrives until the reply is complete (a line) or the
+/// connection closes.
+fn read_some(c: &mut TcpStream) -> Vec<u8> {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 64];
+    while !reply.ends_with(b"\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    reply
 }
 
 /// A client that writes many requests without reading: the server's

@@ -18,11 +18,13 @@
 //! ENFILE the worker pauses accepting for [`ACCEPT_PAUSE`] rather than
 //! spinning on an error that has not gone away, counts it, and tries again.
 
+use super::admit_or_refuse;
 use super::{
     is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
 };
 use crate::admission::Admission;
 use crate::core::{CloseReason, SessionCore, Verdict};
+use crate::shed::AcceptGate;
 use crate::stats::WorkerStats;
 use crate::table::Token;
 use mio::unix::SourceFd;
@@ -73,6 +75,9 @@ struct State {
     core: SessionCore<TcpStream>,
     clock: TickClock,
     admission: Arc<Admission>,
+    gate: AcceptGate,
+    overloaded: Arc<AtomicBool>,
+    spill_budget: usize,
     stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
     scratch: Box<[u8]>,
@@ -104,6 +109,9 @@ impl Worker {
                 core: SessionCore::new(setup.core, now),
                 clock,
                 admission: setup.admission,
+                gate: setup.gate,
+                overloaded: setup.overloaded,
+                spill_budget: setup.core.spill_budget,
                 stats: setup.stats,
                 stop: setup.stop,
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
@@ -198,8 +206,17 @@ impl State {
     }
 
     fn admit(&mut self, stream: TcpStream, now: u32) {
-        if !self.admission.try_admit() {
-            self.core.count_rejected();
+        let overloaded = self.overloaded.load(Ordering::Relaxed)
+            || self.core.spill_bytes() > self.spill_budget / 2;
+        let now_ns = self.clock.elapsed_ns(Instant::now());
+        if !admit_or_refuse(
+            &mut self.gate,
+            &self.admission,
+            overloaded,
+            now_ns,
+            &mut self.core.counters,
+            &stream,
+        ) {
             return; // dropping the stream closes it
         }
         if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {

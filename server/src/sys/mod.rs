@@ -18,6 +18,7 @@ pub mod uring;
 
 use crate::admission::Admission;
 use crate::core::CoreConfig;
+use crate::shed::{AcceptGate, Gate};
 use crate::stats::WorkerStats;
 use std::io;
 use std::net::TcpListener;
@@ -130,6 +131,42 @@ pub struct WorkerSetup {
     pub stats: Arc<WorkerStats>,
     /// Set by the server to stop every worker; each then closes its sessions.
     pub stop: Arc<AtomicBool>,
+    /// This worker's accept rate limit and busy answer.
+    pub gate: AcceptGate,
+    /// Set by the server while it is overloaded (listen-queue overflows):
+    /// new connections are refused busy.
+    pub overloaded: Arc<AtomicBool>,
+}
+
+/// Admission of one accepted connection, the same for every backend: the
+/// accept gate (rate, overload, a spill area over half its budget), then
+/// the session cap. A refused connection gets `-ERR BUSY retry-after=<s>`
+/// (one write into its empty send buffer: it cannot block) and is closed
+/// by the caller dropping it, before any session state exists. Returns
+/// true when the connection is admitted (its admission slot is taken).
+pub fn admit_or_refuse(
+    gate: &mut AcceptGate,
+    admission: &Admission,
+    overloaded: bool,
+    now_ns: u64,
+    counters: &mut crate::core::Counters,
+    stream: &std::net::TcpStream,
+) -> bool {
+    let retry_after_s = match gate.check(now_ns, overloaded) {
+        Gate::Busy { retry_after_s } => {
+            counters.shed += 1;
+            retry_after_s
+        }
+        Gate::Admit if admission.try_admit() => return true,
+        Gate::Admit => {
+            counters.rejected += 1;
+            gate.retry_after_s
+        }
+    };
+    let mut busy = Vec::with_capacity(32);
+    crate::wire::encode_busy(retry_after_s, &mut busy);
+    let _ = std::io::Write::write(&mut &*stream, &busy);
+    false
 }
 
 /// A started worker: its thread, and a way to wake it out of its poll.
@@ -157,6 +194,11 @@ impl TickClock {
             start: Instant::now(),
             tick: tick.max(Duration::from_millis(1)),
         }
+    }
+
+    /// Nanoseconds from the clock's start to `at`.
+    pub fn elapsed_ns(&self, at: Instant) -> u64 {
+        at.duration_since(self.start).as_nanos() as u64
     }
 
     /// Ticks elapsed at `at` (wraps after 2^32 ticks; the wheel handles it).

@@ -326,3 +326,16 @@ fn random_splits_of_invalid_streams_close_the_same_way() {
         }
     }
 }
+
+#[test]
+fn busy_replies_round_trip() {
+    let mut out = Vec::new();
+    encode_busy(3, &mut out);
+    assert_eq!(out, b"-ERR BUSY retry-after=3\r\n");
+    let Ok(Some((Reply::Error(text), _))) = decode_reply(&out, MAX) else {
+        panic!("not an error reply");
+    };
+    assert_eq!(parse_busy(text), Some(3));
+    assert_eq!(parse_busy(b"ERR unknown command 'x'"), None);
+    assert_eq!(parse_busy(b"ERR BUSY retry-after=x"), None);
+}

@@ -154,6 +154,16 @@ impl Server {
 
     /// Waits for a stats line whose `key=` value satisfies `pred`; returns it.
     pub fn wait_stat(&self, key: &str, pred: impl Fn(u64) -> bool, timeout: Duration) -> String {
+        self.wait_line(
+            timeout,
+            &format!("stats line with a matching {key}="),
+            |l| l.starts_with("stats ") && stat(l, key).is_some_and(&pred),
+        )
+    }
+
+    /// Waits for the latest output line that satisfies `pred`; panics
+    /// naming `what` (and the last line) after `timeout`.
+    fn wait_line(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self
@@ -162,14 +172,14 @@ impl Server {
                 .unwrap()
                 .iter()
                 .rev()
-                .find(|l| l.starts_with("stats ") && stat(l, key).is_some_and(&pred))
+                .find(|l| pred(l))
                 .cloned();
             if let Some(line) = found {
                 return line;
             }
             if Instant::now() > deadline {
                 let last = self.lines.lock().unwrap().last().cloned();
-                panic!("no stats line with a matching {key}= within {timeout:?}; last: {last:?}");
+                panic!("no {what} within {timeout:?}; last: {last:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -221,21 +231,9 @@ impl Server {
 
     /// The start-up line (`c10m-server listening on …`).
     pub fn startup_line(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let found = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("listening on "))
-                .cloned();
-            match found {
-                Some(line) => return line,
-                None if Instant::now() > deadline => panic!("no start-up line in the output"),
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+        self.wait_line(Duration::from_secs(5), "start-up line", |l| {
+            l.contains("listening on ")
+        })
     }
 
     pub fn stderr(&self) -> String {

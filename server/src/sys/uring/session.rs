@@ -39,10 +39,21 @@ impl Worker {
     }
 
     pub(super) fn admit(&mut self, fd: OwnedFd, now: u32) {
-        if !self.admission.try_admit() {
-            self.core.count_rejected();
-            return; // dropping the descriptor closes it
+        let overloaded = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+            || self.core.spill_bytes() > self.spill_budget / 2;
+        let now_ns = self.clock.elapsed_ns(std::time::Instant::now());
+        let stream = std::net::TcpStream::from(fd);
+        if !crate::sys::admit_or_refuse(
+            &mut self.gate,
+            &self.admission,
+            overloaded,
+            now_ns,
+            &mut self.core.counters,
+            &stream,
+        ) {
+            return; // dropping the stream closes it
         }
+        let fd = OwnedFd::from(stream);
         let token = self.core.open(fd, now);
         if UserData::Recv(token).encode().is_none() {
             // A key past 2^30 cannot be told apart in user_data.
