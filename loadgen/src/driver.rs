@@ -361,6 +361,12 @@ impl Driver {
     /// Counts a failure, closes the connection, schedules the retry.
     fn fail(&mut self, idx: u32, kind: ErrorKind, now: u32, err: Option<String>) {
         self.counters.error(kind);
+        // A busy refusal names when to come back: never retry before it.
+        let not_before = match (&err, kind) {
+            (Some(text), ErrorKind::Busy) => c10m_server::wire::parse_busy(text.as_bytes())
+                .map(|s| now.saturating_add(s.saturating_mul(1000))),
+            _ => None,
+        };
         if let Some(text) = err {
             self.first_errors.entry(kind.key()).or_insert(text);
         }
@@ -372,7 +378,7 @@ impl Driver {
         }
         self.drop_connection(idx, u64::from(s.outstanding()));
         let sid = self.sid(idx);
-        match self.sessions[idx as usize].failed(&self.model, sid, now) {
+        match self.sessions[idx as usize].failed(&self.model, sid, now, not_before) {
             Some(t) => self.wheel.schedule(idx, t),
             None => self.wheel.cancel(idx),
         }

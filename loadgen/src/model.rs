@@ -320,11 +320,30 @@ impl HeartbeatModel {
 
     /// Retry after a failed connect or an unplanned close: jittered
     /// exponential backoff on the consecutive-failure count.
-    pub fn retry_at(&self, sid: u64, gen: u16, failures: u8, now_ms: u32) -> Option<u32> {
+    /// When a failed session tries again: exponential backoff from
+    /// RETRY_BASE_MS doubling to RETRY_MAX_MS, jittered ×0.5–1.5; never
+    /// before a server's retry-after (`not_before`), and then spread over
+    /// half the wait again so refused clients do not return as one herd.
+    pub fn retry_at(
+        &self,
+        sid: u64,
+        gen: u16,
+        failures: u8,
+        now_ms: u32,
+        not_before: Option<u32>,
+    ) -> Option<u32> {
         let delay = (u64::from(RETRY_BASE_MS) << failures.saturating_sub(1).min(16))
             .min(u64::from(RETRY_MAX_MS));
         let u = self.unit(Stream::Retry, sid, u64::from(gen));
-        self.before_drain(now_ms.saturating_add((delay as f64 * (0.5 + u)) as u32))
+        let backoff = now_ms.saturating_add((delay as f64 * (0.5 + u)) as u32);
+        let at = match not_before {
+            Some(nb) => {
+                let wait = f64::from(nb.saturating_sub(now_ms));
+                backoff.max(nb.saturating_add((wait * 0.5 * u) as u32))
+            }
+            None => backoff,
+        };
+        self.before_drain(at)
     }
 
     /// No (re)connect at or after the drain starts or the run ends.

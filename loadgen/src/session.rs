@@ -201,11 +201,18 @@ impl ClientSession {
     }
 
     /// The connection failed or was closed by the peer; returns the retry
-    /// deadline (`None`: the session is done).
-    pub fn failed(&mut self, model: &HeartbeatModel, sid: u64, now_ms: u32) -> Option<u32> {
+    /// deadline (`None`: the session is done). `not_before`: the server's
+    /// retry-after, when it refused the session busy.
+    pub fn failed(
+        &mut self,
+        model: &HeartbeatModel,
+        sid: u64,
+        now_ms: u32,
+        not_before: Option<u32>,
+    ) -> Option<u32> {
         self.failures = self.failures.saturating_add(1);
         self.end_connection();
-        let retry = model.retry_at(sid, self.gen, self.failures, now_ms);
+        let retry = model.retry_at(sid, self.gen, self.failures, now_ms, not_before);
         self.wait_until(retry);
         retry
     }
@@ -324,11 +331,31 @@ mod tests {
         let mut s = ClientSession::new(0);
         s.start_connect(0, 500);
         assert_eq!(s.poll(&m, 1, 500), Step::ConnectTimeout);
-        let retry = s.failed(&m, 1, 500).unwrap();
+        let retry = s.failed(&m, 1, 500, None).unwrap();
         assert!((1_000..=2_000).contains(&retry), "{retry}");
         assert_eq!(s.gen(), 1);
         assert_eq!(s.state(), State::Waiting);
         assert_eq!(s.poll(&m, 1, retry), Step::Connect);
+    }
+
+    #[test]
+    fn a_busy_refusal_waits_its_retry_after_and_the_herd_spreads() {
+        let m = HeartbeatModel::fixed(7, 1_000, 0.0, 60_000);
+        let mut retries = Vec::new();
+        for sid in 0..1000 {
+            let mut s = ClientSession::new(0);
+            s.start_connect(0, 0);
+            // Refused at t=0 with retry-after=10 s: far past the 1 s backoff.
+            let retry = s.failed(&m, sid, 0, Some(10_000)).unwrap();
+            assert!((10_000..=15_000).contains(&retry), "sid {sid}: {retry}");
+            retries.push(retry);
+        }
+        // Spread over the window, not one instant: every half-second bucket
+        // of the 5 s window gets some of the thousand.
+        for bucket in 0..10 {
+            let lo = 10_000 + bucket * 500;
+            assert!(retries.iter().any(|r| (lo..lo + 500).contains(r)), "{lo}");
+        }
     }
 
     #[test]
@@ -339,7 +366,7 @@ mod tests {
         s.connected(&m, 1, 0);
         s.set_read_spill(true);
         s.set_write_spill(true);
-        s.failed(&m, 1, 10);
+        s.failed(&m, 1, 10, None);
         assert!(!s.has_read_spill() && !s.has_write_spill());
     }
 }

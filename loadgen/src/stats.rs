@@ -31,10 +31,14 @@ pub enum ErrorKind {
     /// The server answered `-ERR ...` (the session is then closed by us).
     ServerError,
     Other,
+    /// The server refused the session `-ERR BUSY retry-after=<s>` (accept
+    /// rate, session cap or overload): load shed by design, retried after
+    /// the time it named. Reported, but not in `errors_total`.
+    Busy,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Refused,
         ErrorKind::Timeout,
         ErrorKind::Reset,
@@ -44,6 +48,7 @@ impl ErrorKind {
         ErrorKind::Eof,
         ErrorKind::ServerError,
         ErrorKind::Other,
+        ErrorKind::Busy,
     ];
 
     /// The key in `summary.json`'s `errors{}`.
@@ -58,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Eof => "eof",
             ErrorKind::ServerError => "server_error",
             ErrorKind::Other => "other",
+            ErrorKind::Busy => "busy",
         }
     }
 
@@ -110,6 +116,10 @@ impl ErrorKind {
                 .into(),
             ErrorKind::ServerError => "the server answered -ERR (see first_server_error)".into(),
             ErrorKind::Other => "unclassified OS error (see first_other_error)".into(),
+            ErrorKind::Busy => "the server shed new sessions (-ERR BUSY: its --accept-rate, \
+                 --max-sessions or overload); each retried after the retry-after it was told, \
+                 jittered; not counted against --max-errors"
+                .into(),
         }
     }
 }
@@ -139,7 +149,7 @@ pub struct Counters {
     pub closes_planned: u64,
     pub read_spills: u64,
     pub write_spills: u64,
-    pub errors: [u64; 9],
+    pub errors: [u64; 10],
     /// Sessions established for the first time (the ramp's own connects).
     pub ramp_connected: u64,
     /// µs since the epoch of the ramp's first connect() (min over
@@ -185,8 +195,9 @@ impl Counters {
         self.errors[kind as usize] += 1;
     }
 
+    /// Every error but `busy` (shed load, retried as the server asked).
     pub fn errors_total(&self) -> u64 {
-        self.errors.iter().sum()
+        self.errors.iter().sum::<u64>() - self.errors[ErrorKind::Busy as usize]
     }
 }
 

@@ -6,7 +6,7 @@
 use super::{token, Driver};
 use crate::session::ClientSession;
 use crate::stats::{Counters, ErrorKind, Histos};
-use c10m_server::wire::{decode_reply, encode_command, parse_i64, push_decimal, Reply};
+use c10m_server::wire::{decode_reply, encode_command, parse_busy, parse_i64, push_decimal, Reply};
 use mio::unix::SourceFd;
 use mio::Interest;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -218,10 +218,12 @@ fn consume_replies(
                 pos += used;
             }
             Ok(Some((Reply::Error(text), _))) => {
-                return Err((
-                    ErrorKind::ServerError,
-                    Some(String::from_utf8_lossy(text).into_owned()),
-                ));
+                let kind = if parse_busy(text).is_some() {
+                    ErrorKind::Busy
+                } else {
+                    ErrorKind::ServerError
+                };
+                return Err((kind, Some(String::from_utf8_lossy(text).into_owned())));
             }
             Ok(Some((other, _))) => {
                 return Err((
