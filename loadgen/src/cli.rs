@@ -72,6 +72,15 @@ pub struct RunArgs {
     /// Progress display: auto (bar on a terminal, lines otherwise), bar, plain, off.
     #[arg(long, default_value = "auto")]
     pub progress: String,
+    /// Serve live counters and the RTT histogram as Prometheus text on ADDR
+    /// (`PORT` alone binds 127.0.0.1), updated every second.
+    #[arg(long, value_name = "ADDR", value_parser = c10m_server::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Profile this process's CPU: flamegraph SVG to PATH, pprof protobuf to
+    /// PATH with extension .pb (fanned-out children are not profiled: use
+    /// --procs 1 to profile the drivers).
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
     /// Internal: run as a child of a fanned-out run (config on stdin).
     #[arg(long, hide = true)]
     pub child: bool,

@@ -12,24 +12,34 @@
 //! limit), [`run`] (a run from start to verdict). Results: [`report`]
 //! (summary.json, thresholds, table), [`results`] and [`hlog`]
 //! (timeline.csv, interval logs), [`progress`]; [`host`] and [`resident`]
-//! serve the MEASURING.md memory figures.
+//! serve the MEASURING.md memory figures; [`metrics`] renders the live
+//! `--metrics` page. Offline: [`regress`] (the CI gate against
+//! results/baseline.json), [`merge`] (several processes' or hosts' results
+//! made one), [`rundir`] (a results directory read back), [`plot`] (charts
+//! and results.md) and [`commands`] (the offline subcommands' files).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod driver;
 pub mod fleet;
 pub mod hlog;
 pub mod host;
+pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod plot;
 pub mod procs;
 pub mod progress;
 pub mod ramp;
+pub mod regress;
 pub mod report;
 pub mod resident;
 pub mod results;
 pub mod run;
+pub mod rundir;
 pub mod scenario;
 pub mod session;
 pub mod stats;

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use c10m_loadgen::cli::RunArgs;
-use c10m_loadgen::{report, run};
+use c10m_loadgen::{commands, report, run};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -19,12 +19,29 @@ struct Cli {
 enum Command {
     /// Open sessions, heartbeat them, write results; exit 3 if a threshold fails.
     Run(Box<RunArgs>),
-    /// Print the table of a results directory; optionally merge the server's
-    /// --stats-json file into its summary.json (as server.stats).
+    /// Print the table of a results directory and render its charts (SVG) and
+    /// results.md there; optionally merge the server's --stats-json file into
+    /// its summary.json (as server.stats).
     Report {
         dir: PathBuf,
         #[arg(long)]
         server_stats: Option<PathBuf>,
+    },
+    /// CI gate: compare a run with the baseline; exit 1 on any regression.
+    Regress {
+        run_dir: PathBuf,
+        #[arg(long, default_value = "results/baseline.json")]
+        baseline: PathBuf,
+        /// Rewrite the baseline's figures from this run (tolerances are kept).
+        #[arg(long)]
+        update_baseline: bool,
+    },
+    /// Merge the results of several loadgen processes or hosts into OUT:
+    /// histograms added exactly, counts summed, timelines aligned by second.
+    Merge {
+        out: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
     },
 }
 
@@ -46,14 +63,35 @@ fn report_command(dir: &std::path::Path, server_stats: Option<&std::path::Path>)
         std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")?;
     }
     print!("{}", report::table(&summary));
+    commands::render(dir)?;
     Ok(0)
+}
+
+/// Runs `f` under the CPU profiler when `--profile` names a file.
+fn profiled(path: Option<&std::path::Path>, f: impl FnOnce() -> Result<i32>) -> Result<i32> {
+    let Some(path) = path else { return f() };
+    let profiler = c10m_server::profile::Profiler::start(path)?;
+    let result = f();
+    let (svg, pb) = profiler.finish()?;
+    eprintln!(
+        "c10m-loadgen: profile in {} and {}",
+        svg.display(),
+        pb.display()
+    );
+    result
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Run(args) => run::run_command(args),
+        Command::Run(args) => profiled(args.profile.as_deref(), || run::run_command(args)),
         Command::Report { dir, server_stats } => report_command(dir, server_stats.as_deref()),
+        Command::Regress {
+            run_dir,
+            baseline,
+            update_baseline,
+        } => commands::regress(run_dir, baseline, *update_baseline),
+        Command::Merge { out, dirs } => commands::merge(out, dirs),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -41,16 +41,18 @@ pub struct Row {
     pub errors_per_s: u64,
     pub errors_total: u64,
     pub loadgen_rss_bytes: u64,
+    /// VmRSS of the `--server-pid` process tree (0 without one).
+    pub server_rss_bytes: u64,
 }
 
 pub const TIMELINE_HEADER: &str = "t_s,phase,sessions_open,connects_ok,connects_per_s,\
 heartbeats_sent_per_s,heartbeats_answered_per_s,rtt_p50_us,rtt_p99_us,rtt_max_us,\
-errors_per_s,errors_total,loadgen_rss_bytes";
+errors_per_s,errors_total,loadgen_rss_bytes,server_rss_bytes";
 
 impl Row {
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             self.t_s,
             self.phase,
             self.sessions_open,
@@ -63,7 +65,8 @@ impl Row {
             self.rtt_max_us,
             self.errors_per_s,
             self.errors_total,
-            self.loadgen_rss_bytes
+            self.loadgen_rss_bytes,
+            self.server_rss_bytes
         )
     }
 }

@@ -198,6 +198,11 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, signalled.clone())?;
     }
+    let metrics = args
+        .metrics
+        .map(|addr| c10m_server::metrics::announce(addr, "c10m-loadgen"))
+        .transpose()
+        .context("--metrics")?;
     let clock = RunClock::start();
     fleet.go(clock);
     let progress = Progress::new(&config.progress, config.sessions);
@@ -247,8 +252,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             errors_per_s: c.errors_total() - prev.errors_total(),
             errors_total: c.errors_total(),
             loadgen_rss_bytes: rss_sum(&pids),
+            server_rss_bytes: config.server_pid.and_then(host::rss_bytes).unwrap_or(0),
         };
         totals.add(&snap.histos);
+        if let Some(board) = &metrics {
+            board.publish(crate::metrics::page(config.sessions, &c, &totals.rtt, &row));
+        }
         if let Some(t) = timeline.as_mut() {
             t.row(&row)?;
         }

@@ -66,6 +66,8 @@ fn server_bin() -> PathBuf {
 struct Server {
     child: Child,
     addr: String,
+    /// `host:port` of `--metrics`, when given.
+    metrics: Option<String>,
 }
 
 impl Server {
@@ -79,18 +81,26 @@ impl Server {
             .expect("start c10m-server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let addr = loop {
             let line = lines
                 .next()
                 .expect("c10m-server exited before printing its address")
                 .unwrap();
+            if let Some(url) = line.strip_prefix("c10m-server metrics on http://") {
+                metrics = url.strip_suffix("/metrics").map(str::to_string);
+            }
             if let Some(rest) = line.strip_prefix("c10m-server listening on ") {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            metrics,
+        }
     }
 }
 
@@ -373,4 +383,123 @@ duration = "1s"
     assert!(num(&s, "/connect/ok") > 600, "churned sessions reconnect");
     // The storm alone sends one heartbeat per session.
     assert!(num(&s, "/heartbeats/answered") >= 500);
+}
+
+/// GET /metrics from `addr`; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to --metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` (with its labels) on a page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `addr` until every `(sample, value)` holds (15 s at most).
+fn scrape_until(addr: &str, want: &[(&str, f64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = scrape(addr);
+        if want.iter().all(|(n, v)| sample(&page, n) == Some(*v)) {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "never saw {want:?} in:\n{page}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_endpoints_serve_the_counters_of_server_supervisor_and_loadgen() {
+    let server = Server::start(&[
+        "--procs",
+        "2",
+        "--max-sessions",
+        "1000",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let server_metrics = server.metrics.clone().expect("server metrics line");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
+        .args([
+            "run",
+            "--progress",
+            "off",
+            "--procs",
+            "1",
+            "--target",
+            &server.addr,
+        ])
+        .args([
+            "--sessions",
+            "200",
+            "--rate",
+            "2000",
+            "--hold",
+            "4s",
+            "--heartbeat",
+            "500ms",
+        ])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start c10m-loadgen");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let loadgen_metrics = loop {
+        let line = lines.next().expect("loadgen metrics line").unwrap();
+        if let Some(url) = line.strip_prefix("c10m-loadgen metrics on http://") {
+            break url.strip_suffix("/metrics").unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let page = scrape_until(
+        &loadgen_metrics,
+        &[
+            ("c10m_loadgen_sessions_open", 200.0),
+            ("c10m_loadgen_connects_ok_total", 200.0),
+            ("c10m_loadgen_errors_total{kind=\"refused\"}", 0.0),
+        ],
+    );
+    assert!(
+        page.contains("# TYPE c10m_loadgen_rtt_seconds histogram"),
+        "{page}"
+    );
+    assert!(sample(&page, "c10m_loadgen_rss_bytes").unwrap() > 0.0);
+    let page = scrape_until(
+        &server_metrics,
+        &[
+            ("c10m_server_sessions_open", 200.0),
+            ("c10m_server_accepted_total", 200.0),
+            ("c10m_server_rejected_total", 0.0),
+            ("c10m_server_procs", 2.0),
+        ],
+    );
+    assert!(
+        sample(&page, "c10m_server_rss_bytes").unwrap() > 0.0,
+        "{page}"
+    );
+    // Heartbeats answered by the server show on both sides.
+    let answered = |p: &str, n: &str| sample(p, n).unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(&scrape(&server_metrics), "c10m_server_heartbeats_total") < 200.0 {
+        assert!(Instant::now() < deadline, "no heartbeats counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.wait().unwrap().success());
+    scrape_until(
+        &server_metrics,
+        &[
+            ("c10m_server_sessions_open", 0.0),
+            ("c10m_server_closed_total{reason=\"peer\"}", 200.0),
+        ],
+    );
 }

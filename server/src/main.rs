@@ -255,7 +255,11 @@ fn main() {
         .context("server stopped");
     if let Some(p) = profiler {
         match p.finish() {
-            Ok((svg, pb)) => eprintln!("c10m-server: profile in {} and {}", svg.display(), pb.display()),
+            Ok((svg, pb)) => eprintln!(
+                "c10m-server: profile in {} and {}",
+                svg.display(),
+                pb.display()
+            ),
             Err(e) => eprintln!("c10m-server: profile not written: {e:#}"),
         }
     }

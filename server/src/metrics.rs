@@ -92,6 +92,16 @@ fn answer(mut stream: TcpStream, board: &MetricsBoard) -> io::Result<()> {
     stream.flush()
 }
 
+/// Serves a new board on `addr` and prints `ROLE metrics on
+/// http://ADDR/metrics` (tests and scripts read the port from it).
+pub fn announce(addr: SocketAddr, role: &str) -> io::Result<MetricsBoard> {
+    let board = MetricsBoard::default();
+    let bound = serve(addr, board.clone())?;
+    println!("{role} metrics on http://{bound}/metrics");
+    let _ = io::stdout().flush();
+    Ok(board)
+}
+
 /// Re-renders a page at most every [`PUBLISH_EVERY`].
 #[derive(Debug)]
 pub struct Publisher {
@@ -103,9 +113,7 @@ impl Publisher {
     /// Starts the responder on `addr` and says where, on stdout:
     /// `c10m-server metrics on http://ADDR/metrics`.
     pub fn start(addr: SocketAddr, role: &str) -> io::Result<Publisher> {
-        let board = MetricsBoard::default();
-        let bound = serve(addr, board.clone())?;
-        println!("{role} metrics on http://{bound}/metrics");
+        let board = announce(addr, role)?;
         Ok(Publisher {
             board,
             next: Instant::now(),
@@ -172,9 +180,24 @@ pub fn server_page(r: &Report) -> String {
     let mut e = Exposition::default();
     let c = "counter";
     let g = "gauge";
-    e.one("c10m_server_sessions_open", g, "Sessions held now.", t.sessions_open as f64);
-    e.one("c10m_server_max_sessions", g, "Sessions this server admits.", r.max_sessions as f64);
-    e.one("c10m_server_accepted_total", c, "Connections accepted.", t.accepted as f64);
+    e.one(
+        "c10m_server_sessions_open",
+        g,
+        "Sessions held now.",
+        t.sessions_open as f64,
+    );
+    e.one(
+        "c10m_server_max_sessions",
+        g,
+        "Sessions this server admits.",
+        r.max_sessions as f64,
+    );
+    e.one(
+        "c10m_server_accepted_total",
+        c,
+        "Connections accepted.",
+        t.accepted as f64,
+    );
     e.one(
         "c10m_server_rejected_total",
         c,
@@ -195,18 +218,48 @@ pub fn server_page(r: &Report) -> String {
             ("{reason=\"shutdown\"}", cl.shutdown as f64),
         ],
     );
-    e.one("c10m_server_heartbeats_total", c, "Heartbeats (PING) answered.", t.heartbeats as f64);
-    e.one("c10m_server_commands_total", c, "Commands answered.", t.commands as f64);
-    e.one("c10m_server_bytes_in_total", c, "Bytes read.", t.bytes_in as f64);
-    e.one("c10m_server_bytes_out_total", c, "Bytes written.", t.bytes_out as f64);
-    e.one("c10m_server_spill_bytes", g, "Bytes held for partial frames and blocked writes.", t.spill_bytes as f64);
+    e.one(
+        "c10m_server_heartbeats_total",
+        c,
+        "Heartbeats (PING) answered.",
+        t.heartbeats as f64,
+    );
+    e.one(
+        "c10m_server_commands_total",
+        c,
+        "Commands answered.",
+        t.commands as f64,
+    );
+    e.one(
+        "c10m_server_bytes_in_total",
+        c,
+        "Bytes read.",
+        t.bytes_in as f64,
+    );
+    e.one(
+        "c10m_server_bytes_out_total",
+        c,
+        "Bytes written.",
+        t.bytes_out as f64,
+    );
+    e.one(
+        "c10m_server_spill_bytes",
+        g,
+        "Bytes held for partial frames and blocked writes.",
+        t.spill_bytes as f64,
+    );
     e.one(
         "c10m_server_accept_errors_fd_total",
         c,
         "Accepts that failed for want of descriptors (EMFILE/ENFILE).",
         t.accept_errors_fd as f64,
     );
-    e.one("c10m_server_rss_bytes", g, "VmRSS, summed over the server's processes.", r.rss_bytes as f64);
+    e.one(
+        "c10m_server_rss_bytes",
+        g,
+        "VmRSS, summed over the server's processes.",
+        r.rss_bytes as f64,
+    );
     e.one(
         "c10m_server_rss_baseline_bytes",
         g,
@@ -223,17 +276,35 @@ pub fn server_page(r: &Report) -> String {
         "c10m_server_cpu_seconds_total",
         c,
         "CPU time of the server's processes.",
-        &[("{mode=\"user\"}", r.cpu_user_s), ("{mode=\"system\"}", r.cpu_sys_s)],
+        &[
+            ("{mode=\"user\"}", r.cpu_user_s),
+            ("{mode=\"system\"}", r.cpu_sys_s),
+        ],
     );
-    e.one("c10m_server_procs", g, "Server processes summed here.", r.procs as f64);
-    e.one("c10m_server_restarts_total", c, "Child processes restarted.", r.restarts as f64);
+    e.one(
+        "c10m_server_procs",
+        g,
+        "Server processes summed here.",
+        r.procs as f64,
+    );
+    e.one(
+        "c10m_server_restarts_total",
+        c,
+        "Child processes restarted.",
+        r.restarts as f64,
+    );
     e.one(
         "c10m_server_sessions_lost_total",
         c,
         "Sessions open in children that died.",
         r.sessions_lost as f64,
     );
-    e.one("c10m_server_uptime_seconds", g, "Seconds since start.", r.uptime_s);
+    e.one(
+        "c10m_server_uptime_seconds",
+        g,
+        "Seconds since start.",
+        r.uptime_s,
+    );
     e.finish()
 }
 
@@ -259,7 +330,11 @@ mod tests {
             accepted: 9,
             ..Snapshot::default()
         };
-        board.publish(server_page(&Report::new(vec![w], ProcessUsage::default(), 0)));
+        board.publish(server_page(&Report::new(
+            vec![w],
+            ProcessUsage::default(),
+            0,
+        )));
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut reply = String::new();

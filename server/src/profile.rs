@@ -66,13 +66,15 @@ impl Profiler {
     /// returns their paths.
     pub fn finish(self) -> Result<(PathBuf, PathBuf)> {
         use pprof::protos::Message;
-        let report = self.guard.report().build().context("building the profile")?;
+        let report = self
+            .guard
+            .report()
+            .build()
+            .context("building the profile")?;
         drop(self.guard);
         let file = std::fs::File::create(&self.svg)
             .with_context(|| format!("cannot write {}", self.svg.display()))?;
-        report
-            .flamegraph(file)
-            .context("drawing the flamegraph")?;
+        report.flamegraph(file).context("drawing the flamegraph")?;
         let pb = protobuf_path(&self.svg);
         let bytes = report
             .pprof()
