@@ -6,7 +6,7 @@
 //! same processes warmed up with 0 sessions, divided by N.
 #![forbid(unsafe_code)]
 
-use crate::host::HostFacts;
+use crate::host::{HostFacts, CONNECTION_SLABS};
 use crate::scenario::RunConfig;
 use crate::stats::{percentiles, Counters, ErrorKind, HintContext, Histos};
 use serde_json::{json, Map, Value};
@@ -33,7 +33,8 @@ impl RssMeasure {
     }
 }
 
-/// The server process measured over the hold (`--server-pid`).
+/// The server measured over the hold (`--server-pid`: that process and
+/// every descendant, so a `--procs` supervisor with all its children).
 #[derive(Debug, Clone, Default)]
 pub struct ServerMeasure {
     pub pid: u32,
@@ -153,6 +154,7 @@ pub fn summary(o: &RunOutcome) -> Value {
     if let Some(server) = &o.server {
         s["server"] = json!({
             "pid": server.pid,
+            "processes": server.rss.processes,
             "rss_bytes": server.rss.held_bytes,
             "rss_baseline_bytes": server.rss.baseline_bytes,
             "rss_bytes_per_session": server.rss.per_session(),
@@ -161,40 +163,91 @@ pub fn summary(o: &RunOutcome) -> Value {
             } else { 0.0 },
             "cpu_window_s": round1(server.window_s),
             "heartbeats_in_window": server.heartbeats,
-            "method": "VmRSS of the server during the hold minus at start-up with 0 sessions, / \
-                       sessions open; CPU = utime+stime over the hold (includes kernel work in \
-                       the server's context) / heartbeats answered in it",
+            "method": "VmRSS summed over the server's process tree (--server-pid and every \
+                       descendant: a supervisor and all its children) during the hold, minus the \
+                       same tree warm with 0 sessions, / sessions open; CPU = utime+stime of the \
+                       tree over the hold (includes kernel work in the server's context) / \
+                       heartbeats answered in it",
         });
     }
     if let Some(k) = &o.kernel {
-        let mut caches = Map::new();
-        let mut total: i64 = 0;
-        for (name, after) in &k.slab_held {
-            let delta = *after as i64 - *k.slab_before.get(name).unwrap_or(&0) as i64;
-            total += delta;
-            caches.insert(name.clone(), json!(delta));
-        }
-        let per = |bytes: i64| {
-            if k.connections > 0 {
-                round1(bytes as f64 / k.connections as f64)
-            } else {
-                0.0
-            }
-        };
-        let avail = k.mem_available_before as i64 - k.mem_available_held as i64;
-        s["kernel"] = json!({
-            "slab_bytes_per_connection": per(total),
-            "slab_delta_bytes": caches,
-            "mem_available_drop_per_connection": per(avail),
-            "connections": k.connections,
-            "note": if k.both_ends_local {
-                "loopback: each connection is two sockets (client and server), both counted"
-            } else {
-                "client side only"
-            },
-        });
+        s["kernel"] = kernel_json(k);
+        s["memory_per_connection"] = memory_per_connection(&s, k);
     }
     s
+}
+
+/// `kernel{}`: the growth of the connection caches (`CONNECTION_SLABS`),
+/// the other caches that grew by more than 1 MiB (what the list may miss),
+/// and MemAvailable's drop.
+fn kernel_json(k: &KernelMeasure) -> Value {
+    let delta = |name: &str| {
+        k.slab_held.get(name).copied().unwrap_or(0) as i64
+            - k.slab_before.get(name).copied().unwrap_or(0) as i64
+    };
+    let (mut caches, mut others) = (Map::new(), Map::new());
+    let (mut total, mut all) = (0i64, 0i64);
+    for name in k.slab_held.keys().chain(k.slab_before.keys()) {
+        if caches.contains_key(name) || others.contains_key(name) {
+            continue;
+        }
+        let d = delta(name);
+        all += d;
+        if CONNECTION_SLABS.contains(&name.as_str()) {
+            total += d;
+            caches.insert(name.clone(), json!(d));
+        } else if d.abs() > 1 << 20 {
+            others.insert(name.clone(), json!(d));
+        }
+    }
+    let per = |bytes: i64| per_connection(bytes, k.connections);
+    let avail = k.mem_available_before as i64 - k.mem_available_held as i64;
+    json!({
+        "slab_bytes_per_connection": per(total),
+        "slab_bytes_per_socket": if k.both_ends_local { per(total / 2) } else { per(total) },
+        "slab_delta_bytes": caches,
+        "slab_all_caches_bytes_per_connection": per(all),
+        "slab_other_growth_bytes": others,
+        "mem_available_drop_per_connection": per(avail),
+        "connections": k.connections,
+        "note": if k.both_ends_local {
+            "loopback: each connection is two sockets (client and server), both counted; \
+             slab = active_objs x objsize over the connection caches, held minus before"
+        } else {
+            "client side only"
+        },
+    })
+}
+
+fn per_connection(bytes: i64, connections: u64) -> f64 {
+    if connections > 0 {
+        round1(bytes as f64 / connections as f64)
+    } else {
+        0.0
+    }
+}
+
+/// Host memory per connection: the parts (kernel slab, server and loadgen
+/// RSS growth) and the whole as MemAvailable saw it (its drop also counts
+/// page tables, kmalloc caches and anything else that grew meanwhile).
+fn memory_per_connection(s: &Value, k: &KernelMeasure) -> Value {
+    let f = |p: &str| s.pointer(p).and_then(Value::as_f64);
+    let slab = f("/kernel/slab_bytes_per_connection");
+    let server = f("/server/rss_bytes_per_session");
+    let loadgen = f("/loadgen/rss_bytes_per_session");
+    let parts = [slab, server, loadgen];
+    let sum = parts
+        .iter()
+        .all(Option::is_some)
+        .then(|| round1(parts.iter().flatten().sum::<f64>()));
+    json!({
+        "kernel_slab": slab,
+        "server_user": server,
+        "loadgen_user": loadgen,
+        "sum_of_parts": sum,
+        "host_mem_available_drop": f("/kernel/mem_available_drop_per_connection"),
+        "connections": k.connections,
+    })
 }
 
 /// The thresholds that failed, one phrase each.

@@ -118,8 +118,11 @@ struct Sample {
     loadgen_rss: u64,
     loadgen_anon: u64,
     open: u64,
+    /// Summed over the server's process tree (a supervisor and its
+    /// children, or the one process).
     server_rss: u64,
     server_cpu_s: f64,
+    server_procs: usize,
     answered: u64,
     at: Option<Instant>,
     slab: Option<std::collections::BTreeMap<String, u64>>,
@@ -127,19 +130,20 @@ struct Sample {
 }
 
 fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, kernel: bool) -> Sample {
+    let server_pids = server.map(host::process_tree).unwrap_or_default();
     Sample {
         loadgen_rss: rss_sum(pids),
         loadgen_anon: pids.iter().filter_map(|p| host::rss_anon_bytes(*p)).sum(),
         open: counters.open,
-        server_rss: server.and_then(host::rss_bytes).unwrap_or(0),
-        server_cpu_s: server.and_then(host::cpu_seconds).unwrap_or(0.0),
+        server_rss: rss_sum(&server_pids),
+        server_cpu_s: server_pids
+            .iter()
+            .filter_map(|p| host::cpu_seconds(*p))
+            .sum(),
+        server_procs: server_pids.len(),
         answered: counters.heartbeats_answered,
         at: Some(Instant::now()),
-        slab: if kernel {
-            host::connection_slab_bytes()
-        } else {
-            None
-        },
+        slab: if kernel { host::slab_bytes() } else { None },
         mem_available: if kernel {
             host::mem_available().unwrap_or(0)
         } else {
@@ -369,7 +373,7 @@ fn server_measure(
             baseline_bytes: base.server_rss,
             held_bytes: held.server_rss,
             sessions: held.open,
-            processes: 1,
+            processes: held.server_procs,
         },
         cpu_s: (held.server_cpu_s - start.server_cpu_s).max(0.0),
         heartbeats: held.answered.saturating_sub(start.answered),

@@ -103,3 +103,50 @@ fn each_failed_threshold_is_named_with_its_numbers() {
     );
     assert!(table(&s).contains("3 (addr_not_avail=3)"));
 }
+
+#[test]
+fn kernel_and_host_memory_are_per_connection_with_other_growers_named() {
+    let mut o = outcome(100, 0, 500);
+    let caches = |tcp: u64, kmalloc: u64, small: u64| {
+        BTreeMap::from([
+            ("TCP".to_string(), tcp),
+            ("kmalloc-64".to_string(), kmalloc),
+            ("kmalloc-8".to_string(), small),
+        ])
+    };
+    o.kernel = Some(KernelMeasure {
+        slab_before: caches(1_000, 0, 0),
+        slab_held: caches(1_000 + 100 * 4_000, 2 << 20, 800),
+        mem_available_before: 10_000_000,
+        mem_available_held: 9_000_000,
+        connections: 100,
+        both_ends_local: true,
+    });
+    o.server = Some(ServerMeasure {
+        pid: 1,
+        rss: RssMeasure {
+            baseline_bytes: 1_000,
+            held_bytes: 4_000,
+            sessions: 100,
+            processes: 3,
+        },
+        ..ServerMeasure::default()
+    });
+    let s = summary(&o);
+    let f = |p: &str| s.pointer(p).and_then(Value::as_f64).unwrap();
+    assert_eq!(f("/kernel/slab_bytes_per_connection"), 4_000.0);
+    assert_eq!(f("/kernel/slab_bytes_per_socket"), 2_000.0);
+    assert_eq!(f("/kernel/mem_available_drop_per_connection"), 10_000.0);
+    let other = &s["kernel"]["slab_other_growth_bytes"];
+    assert_eq!(other["kmalloc-64"], json!(2 << 20));
+    assert!(
+        other.get("kmalloc-8").is_none(),
+        "growth under 1 MiB is left out"
+    );
+    assert_eq!(s["server"]["processes"], json!(3));
+    assert_eq!(f("/memory_per_connection/server_user"), 30.0);
+    assert_eq!(
+        f("/memory_per_connection/sum_of_parts"),
+        4_000.0 + 30.0 + 32.0
+    );
+}
