@@ -256,7 +256,9 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             errors_per_s: c.errors_total() - prev.errors_total(),
             errors_total: c.errors_total(),
             loadgen_rss_bytes: rss_sum(&pids),
-            server_rss_bytes: config.server_pid.and_then(host::rss_bytes).unwrap_or(0),
+            server_rss_bytes: config
+                .server_pid
+                .map_or(0, |p| rss_sum(&host::process_tree(p))),
         };
         totals.add(&snap.histos);
         if let Some(board) = &metrics {
