@@ -254,9 +254,10 @@ fn expect_sessions_fails_when_the_server_admits_fewer() {
     // instant when the hold ends, before the server's close arrives.
     let held = num(&s, "/sessions/held_at_end");
     assert!((100..300).contains(&held), "held {held}");
-    // Excess sessions were accepted and closed by the server, then retried.
+    // Excess sessions were refused busy (or closed before the reply was
+    // read), then retried.
     assert!(
-        num(&s, "/errors/eof") + num(&s, "/errors/reset") > 0,
+        num(&s, "/errors/busy") + num(&s, "/errors/eof") + num(&s, "/errors/reset") > 0,
         "{s:#}"
     );
     let hints = s
@@ -264,6 +265,36 @@ fn expect_sessions_fails_when_the_server_admits_fewer() {
         .and_then(Value::as_object)
         .unwrap();
     assert!(!hints.is_empty());
+}
+
+/// A server shedding at its accept rate answers the excess busy; the
+/// loadgen retries each refused session after the retry-after it was told
+/// (never sooner), and every session gets in.
+#[test]
+fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in() {
+    let server = Server::start(&["--workers", "1", "--accept-rate", "400"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen(&format!(
+        "--target {} --sessions 1000 --rate 5000 --hold 8s --heartbeat 1s --out {} \
+         --expect-sessions 1000 --max-errors 0",
+        server.addr,
+        dir.path().to_str().unwrap()
+    ));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert_eq!(num(&s, "/sessions/held_at_end"), 1000, "{s:#}");
+    // 400 of burst, then 400 a second: at least half were told to wait.
+    assert!(num(&s, "/errors/busy") >= 500, "{s:#}");
+    assert_eq!(
+        num(&s, "/errors/total"),
+        0,
+        "busy is not an error total: {s:#}"
+    );
+    let hint = s
+        .pointer("/error_hints/busy")
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(hint.contains("retry-after"), "{hint}");
 }
 
 #[test]
