@@ -12,7 +12,7 @@ use crate::limits::{self, NoFile};
 use crate::listen::bind_listeners;
 use crate::shed::AcceptGate;
 use crate::stats::{ProcessUsage, Report, WorkerStats};
-use crate::sys::{self, RunningWorker, WorkerSetup};
+use crate::sys::{self, AdmissionControl, RunningWorker, WorkerSetup};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -131,14 +131,17 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             listener,
             core,
             tick,
-            admission: admission.clone(),
+            control: AdmissionControl::new(
+                admission.clone(),
+                AcceptGate::new(
+                    config.accept_rate,
+                    config.retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+                ),
+                overloaded.clone(),
+                config.spill_budget,
+            ),
             stats: worker_stats,
             stop: stop.clone(),
-            gate: AcceptGate::new(
-                config.accept_rate,
-                config.retry_after.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
-            ),
-            overloaded: overloaded.clone(),
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }

@@ -18,13 +18,11 @@
 //! ENFILE the worker pauses accepting for [`ACCEPT_PAUSE`] rather than
 //! spinning on an error that has not gone away, counts it, and tries again.
 
-use super::admit_or_refuse;
+use super::AdmissionControl;
 use super::{
     is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
 };
-use crate::admission::Admission;
 use crate::core::{CloseReason, SessionCore, Verdict};
-use crate::shed::AcceptGate;
 use crate::stats::WorkerStats;
 use crate::table::Token;
 use mio::unix::SourceFd;
@@ -74,10 +72,7 @@ struct State {
     listener: Option<TcpListener>,
     core: SessionCore<TcpStream>,
     clock: TickClock,
-    admission: Arc<Admission>,
-    gate: AcceptGate,
-    overloaded: Arc<AtomicBool>,
-    spill_budget: usize,
+    control: AdmissionControl,
     stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
     scratch: Box<[u8]>,
@@ -108,10 +103,7 @@ impl Worker {
                 listener: Some(setup.listener),
                 core: SessionCore::new(setup.core, now),
                 clock,
-                admission: setup.admission,
-                gate: setup.gate,
-                overloaded: setup.overloaded,
-                spill_budget: setup.core.spill_budget,
+                control: setup.control,
                 stats: setup.stats,
                 stop: setup.stop,
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
@@ -206,21 +198,16 @@ impl State {
     }
 
     fn admit(&mut self, stream: TcpStream, now: u32) {
-        let overloaded = self.overloaded.load(Ordering::Relaxed)
-            || self.core.spill_bytes() > self.spill_budget / 2;
         let now_ns = self.clock.elapsed_ns(Instant::now());
-        if !admit_or_refuse(
-            &mut self.gate,
-            &self.admission,
-            overloaded,
-            now_ns,
-            &mut self.core.counters,
-            &stream,
-        ) {
+        let spill = self.core.spill_bytes();
+        if !self
+            .control
+            .admit(now_ns, spill, &mut self.core.counters, &stream)
+        {
             return; // dropping the stream closes it
         }
         if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
-            self.admission.release();
+            self.control.release();
             return;
         }
         let fd = stream.as_raw_fd();
@@ -349,7 +336,7 @@ impl State {
     fn close(&mut self, key: u32, reason: CloseReason) {
         // Closing the descriptor removes it from the epoll set.
         drop(self.core.close(key, reason));
-        self.admission.release();
+        self.control.release();
     }
 
     /// Stops accepting, closes every session, publishes final counters.

@@ -127,46 +127,77 @@ pub struct WorkerSetup {
     pub core: CoreConfig,
     /// Length of one deadline-wheel tick.
     pub tick: Duration,
-    pub admission: Arc<Admission>,
+    /// Whether a new connection becomes a session.
+    pub control: AdmissionControl,
     pub stats: Arc<WorkerStats>,
     /// Set by the server to stop every worker; each then closes its sessions.
     pub stop: Arc<AtomicBool>,
-    /// This worker's accept rate limit and busy answer.
-    pub gate: AcceptGate,
-    /// Set by the server while it is overloaded (listen-queue overflows):
-    /// new connections are refused busy.
-    pub overloaded: Arc<AtomicBool>,
 }
 
-/// Admission of one accepted connection, the same for every backend: the
-/// accept gate (rate, overload, a spill area over half its budget), then
-/// the session cap. A refused connection gets `-ERR BUSY retry-after=<s>`
-/// (one write into its empty send buffer: it cannot block) and is closed
-/// by the caller dropping it, before any session state exists. Returns
-/// true when the connection is admitted (its admission slot is taken).
-pub fn admit_or_refuse(
-    gate: &mut AcceptGate,
-    admission: &Admission,
-    overloaded: bool,
-    now_ns: u64,
-    counters: &mut crate::core::Counters,
-    stream: &std::net::TcpStream,
-) -> bool {
-    let retry_after_s = match gate.check(now_ns, overloaded) {
-        Gate::Busy { retry_after_s } => {
-            counters.shed += 1;
-            retry_after_s
+/// Admission of accepted connections, the same for every backend: the
+/// worker's accept gate (rate limit; overload: the server's listen-queue
+/// signal, or this worker's spill area over half its budget), then the
+/// process-wide session cap.
+#[derive(Debug)]
+pub struct AdmissionControl {
+    admission: Arc<Admission>,
+    gate: AcceptGate,
+    /// Set by the server while it is overloaded (listen-queue overflows).
+    overloaded: Arc<AtomicBool>,
+    spill_budget: usize,
+}
+
+impl AdmissionControl {
+    pub fn new(
+        admission: Arc<Admission>,
+        gate: AcceptGate,
+        overloaded: Arc<AtomicBool>,
+        spill_budget: usize,
+    ) -> Self {
+        AdmissionControl {
+            admission,
+            gate,
+            overloaded,
+            spill_budget,
         }
-        Gate::Admit if admission.try_admit() => return true,
-        Gate::Admit => {
-            counters.rejected += 1;
-            gate.retry_after_s
-        }
-    };
-    let mut busy = Vec::with_capacity(32);
-    crate::wire::encode_busy(retry_after_s, &mut busy);
-    let _ = std::io::Write::write(&mut &*stream, &busy);
-    false
+    }
+
+    /// Decides for one connection accepted `now_ns` after the worker
+    /// started, with `spill_bytes` held by its worker. A refused connection
+    /// gets `-ERR BUSY retry-after=<s>` (one write into its empty send
+    /// buffer: it cannot block) and is closed by the caller dropping it,
+    /// before any session state exists. True when admitted: the caller owes
+    /// a [`Self::release`] when the session closes.
+    pub fn admit(
+        &mut self,
+        now_ns: u64,
+        spill_bytes: usize,
+        counters: &mut crate::core::Counters,
+        stream: &std::net::TcpStream,
+    ) -> bool {
+        let overloaded = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+            || spill_bytes > self.spill_budget / 2;
+        let retry_after_s = match self.gate.check(now_ns, overloaded) {
+            Gate::Busy { retry_after_s } => {
+                counters.shed += 1;
+                retry_after_s
+            }
+            Gate::Admit if self.admission.try_admit() => return true,
+            Gate::Admit => {
+                counters.rejected += 1;
+                self.gate.retry_after_s
+            }
+        };
+        let mut busy = Vec::with_capacity(32);
+        crate::wire::encode_busy(retry_after_s, &mut busy);
+        let _ = std::io::Write::write(&mut &*stream, &busy);
+        false
+    }
+
+    /// Gives back the slot of a closed session.
+    pub fn release(&self) {
+        self.admission.release();
+    }
 }
 
 /// A started worker: its thread, and a way to wake it out of its poll.

@@ -81,7 +81,6 @@ pub use probe::{probe, Missing, SetupMode, Support};
 use super::{
     is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
 };
-use crate::admission::Admission;
 use crate::core::{CloseReason, SessionCore};
 use crate::stats::WorkerStats;
 use bufring::BufRing;
@@ -197,10 +196,7 @@ struct Worker {
     wake_fd: Arc<OwnedFd>,
     core: SessionCore<OwnedFd>,
     clock: TickClock,
-    admission: Arc<Admission>,
-    gate: crate::shed::AcceptGate,
-    overloaded: Arc<AtomicBool>,
-    spill_budget: usize,
+    control: super::AdmissionControl,
     stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
     id: usize,
@@ -242,10 +238,7 @@ impl Worker {
             wake_fd,
             core: SessionCore::new(setup.core, now),
             clock,
-            admission: setup.admission,
-            gate: setup.gate,
-            overloaded: setup.overloaded,
-            spill_budget: setup.core.spill_budget,
+            control: setup.control,
             stats: setup.stats,
             stop: setup.stop,
             id: setup.id,

@@ -39,18 +39,13 @@ impl Worker {
     }
 
     pub(super) fn admit(&mut self, fd: OwnedFd, now: u32) {
-        let overloaded = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
-            || self.core.spill_bytes() > self.spill_budget / 2;
         let now_ns = self.clock.elapsed_ns(std::time::Instant::now());
+        let spill = self.core.spill_bytes();
         let stream = std::net::TcpStream::from(fd);
-        if !crate::sys::admit_or_refuse(
-            &mut self.gate,
-            &self.admission,
-            overloaded,
-            now_ns,
-            &mut self.core.counters,
-            &stream,
-        ) {
+        if !self
+            .control
+            .admit(now_ns, spill, &mut self.core.counters, &stream)
+        {
             return; // dropping the stream closes it
         }
         let fd = OwnedFd::from(stream);
@@ -295,7 +290,7 @@ impl Worker {
     pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
         let io = self.io(key);
         let fd = self.core.close(key, reason).into_raw_fd();
-        self.admission.release();
+        self.control.release();
         let fd = types::Fd(fd);
         if io & (RECV_ARMED | POLL_OUT_ARMED | SEND_IN_FLIGHT) != 0 {
             let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
