@@ -40,6 +40,7 @@ backend_tests!(
     supervisor_death_takes_its_children_along,
     slowloris_is_closed_at_the_frame_timeout,
     accept_rate_sheds_the_excess_busy_and_spares_held_sessions,
+    a_client_that_keeps_sending_after_its_protocol_error_harms_no_one,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -177,6 +178,47 @@ fn garbage_writer_is_closed_and_neighbours_keep_working(backend: Backend) {
     let stopped = server.stop();
     assert_eq!(stopped.stats["closed"]["protocol"], 2);
     assert_eq!(stopped.stats["closed"]["shutdown"], 3);
+}
+
+/// Hostile clients keep writing after the error that closed them: data
+/// already on its way (and a multishot recv's later completions) must be
+/// dropped cleanly, never take the worker down with the neighbours.
+fn a_client_that_keeps_sending_after_its_protocol_error_harms_no_one(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &["--workers", "1"]);
+    let mut good = server.connect();
+    roundtrip(&mut good, b"PING\r\n", b"+PONG\r\n");
+    let mut senders = Vec::new();
+    for i in 0..20u8 {
+        let mut bad = server.connect();
+        senders.push(std::thread::spawn(move || {
+            let junk: Vec<u8> = (0..4096u32)
+                .map(|j| (j as u8).wrapping_mul(31) ^ i)
+                .collect();
+            let _ = bad.write_all(b"*1\r\n%bad\r\n");
+            // Keep writing until the server's close reaches us.
+            for _ in 0..256 {
+                if bad.write_all(&junk).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    for _ in 0..10 {
+        roundtrip(&mut good, b"PING\r\n", b"+PONG\r\n");
+    }
+    let stopped = server.stop();
+    assert!(
+        stopped.status.success(),
+        "{:?}: {}",
+        stopped.status,
+        stopped.stderr
+    );
+    assert_eq!(stopped.stats["closed"]["protocol"], 20, "{}", stopped.stats);
+    assert_eq!(stopped.stats["closed"]["shutdown"], 1);
 }
 
 fn idle_session_is_evicted_and_heartbeating_one_kept(backend: Backend) {

@@ -83,8 +83,16 @@ impl Worker {
         let (res, flags) = (cqe.result, cqe.flags);
         let more = cqueue::more(flags);
         let Some(key) = self.core.resolve(token) else {
-            // Stale: the session closed. Its buffer goes back all the same.
+            // Stale: the session closed (a client still writing after its
+            // protocol error keeps a multishot recv completing). The kernel
+            // handed us its buffer all the same: take it, then give it back
+            // unread.
             if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs
+                    .as_mut()
+                    .expect("buffer ring present while running")
+                    .take(bid, 0)
+                    .map_err(io::Error::other)?;
                 self.give_back(bid)?;
             }
             self.recvs_armed -= usize::from(!more);
