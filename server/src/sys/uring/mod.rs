@@ -25,7 +25,9 @@
 //! Per session: the 28-byte [`Session`](crate::table::Session) record and
 //! nothing else in user space (its `io` byte, in what was padding, holds
 //! the bits below). In the kernel an armed multishot recv costs an
-//! `io_kiocb` and a poll entry per session, on top of the socket.
+//! `io_kiocb` (256 B) and a poll entry (kmalloc-96) per session, ~350 B
+//! measured, where epoll holds one 128-byte `epitem`; both are small
+//! beside the socket itself (~4 KB per side).
 //!
 //! # Per-session contract (io bits)
 //! - `RECV_ARMED`: a multishot recv is in flight. A completion without
@@ -51,6 +53,16 @@
 //!   the descriptor and an IORING_OP_CLOSE. Nothing the kernel may still
 //!   write is ever freed: buffers belong to the worker's ring, not to the
 //!   session, and a stale completion's buffer is simply given back.
+//!
+//! # Measured (results/backends: 6 alternating pairs, one worker, 15 000
+//! loopback sessions, 60 000 heartbeats/s)
+//! Server CPU per heartbeat 0.89× epoll on the medians (0.98 on the median
+//! pair, pairs 0.77–1.14); CPU per accepted connection 0.79×; RSS per
+//! session equal (32 B, the slab entry). About three quarters of the cost
+//! is kernel TCP work and wake-ups, the same for both; each request here
+//! still pays an `fget` and runs as task work. At low load (one reply per
+//! wake-up) uring costs ~1.1×: the enter that submits a send returns at
+//! once with its inline completion, so a wake-up takes two enters.
 //!
 //! # Accept
 //! Multishot accept (descriptors are plain, not fixed: the listener's
