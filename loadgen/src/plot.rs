@@ -10,10 +10,11 @@
 //!   HdrHistogram style: x is 1/(1-p) on a log axis, so 90 %, 99 %, 99.9 %
 //!   … are evenly spaced.
 //!
-//! SVG only: plotters' bitmap (PNG) backend draws text through font-kit
-//! (fontconfig and freetype system libraries, plus installed fonts) or
-//! ab_glyph (a font file we would have to ship); SVG leaves text to the
-//! viewer and needs neither.
+//! Each chart is written as SVG and, beside it, as PNG: the SVG is
+//! rasterised with resvg (pure Rust), its text drawn with the system's
+//! fonts found through fontdb (DejaVu on Debian). Where no font is
+//! installed the PNG still has the lines and axes, without labels; the SVG
+//! leaves text to the viewer.
 #![forbid(unsafe_code)]
 
 use crate::rundir::{RunDir, Timeline};
@@ -38,10 +39,14 @@ pub fn render(run: &RunDir, dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
     let empty = Timeline::default();
     let t = run.timeline.as_ref().unwrap_or(&empty);
+    let fonts = raster_options();
     let mut chart = |name: &str, svg: Option<String>| -> Result<()> {
         if let Some(svg) = svg {
-            std::fs::write(dir.join(name), svg)?;
+            std::fs::write(dir.join(name), &svg)?;
             written.push(name.to_string());
+            let png = Path::new(name).with_extension("png");
+            std::fs::write(dir.join(&png), rasterise(&svg, &fonts)?)?;
+            written.push(png.display().to_string());
         }
         Ok(())
     };
@@ -50,6 +55,41 @@ pub fn render(run: &RunDir, dir: &Path) -> Result<Vec<String>> {
     chart("rtt.svg", rtt_chart(run)?)?;
     chart("rtt-spectrum.svg", spectrum_chart(run)?)?;
     Ok(written)
+}
+
+/// Options for rasterising: the system's fonts, loaded once per report.
+fn raster_options() -> resvg::usvg::Options<'static> {
+    let mut options = resvg::usvg::Options::default();
+    let db = options.fontdb_mut();
+    db.load_system_fonts();
+    // plotters writes font-family="sans-serif"; fontdb maps that generic
+    // name to Arial unless told otherwise. Use the first sans family here.
+    let families: Vec<String> = db
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(name, _)| name.clone()))
+        .collect();
+    if let Some(sans) = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
+        .iter()
+        .find(|want| families.iter().any(|f| f == *want))
+    {
+        db.set_sans_serif_family(*sans);
+    }
+    options
+}
+
+/// The PNG of an SVG chart.
+fn rasterise(svg: &str, options: &resvg::usvg::Options) -> Result<Vec<u8>> {
+    let tree = resvg::usvg::Tree::from_str(svg, options).map_err(err)?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| anyhow!("plot: empty chart"))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(err)
 }
 
 /// `(max_x, max_y)` of some series, at least 1.
@@ -360,8 +400,10 @@ pub fn results_md(summary: &serde_json::Value, command: Option<&str>, charts: &[
            histograms: `rtt.hlog`, `connect.hlog`, `send_lag.hlog` (HdrHistogram interval logs).\n";
     if !charts.is_empty() {
         md += "\n## Charts\n\n";
-        for c in charts {
-            md += &format!("![{c}]({c})\n\n");
+        // The SVGs are shown; each has a PNG twin for tools without SVG.
+        for c in charts.iter().filter(|c| c.ends_with(".svg")) {
+            let png = c.trim_end_matches(".svg");
+            md += &format!("![{c}]({c}) ([PNG]({png}.png))\n\n");
         }
     }
     md

@@ -55,6 +55,13 @@ fn report_renders_the_charts_and_results_page() {
         ("rtt.svg", "p99.9"),
         ("rtt-spectrum.svg", "percentile"),
     ] {
+        let png = std::fs::read(dir.path().join(chart).with_extension("png")).expect(chart);
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{chart}: PNG twin");
+        assert!(
+            png.len() > 5_000,
+            "{chart}: a PNG of {} bytes draws nothing",
+            png.len()
+        );
         let svg = std::fs::read_to_string(dir.path().join(chart)).expect(chart);
         assert!(svg.starts_with("<svg"), "{chart}");
         assert!(svg.contains(text), "{chart} lacks {text:?}");
