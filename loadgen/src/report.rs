@@ -23,9 +23,12 @@ pub struct RssMeasure {
 
 impl RssMeasure {
     /// `None` when nothing was measured with sessions held (e.g. a run
-    /// interrupted before the end of its hold).
-    pub fn per_session(&self) -> Option<f64> {
-        if self.sessions == 0 || self.held_bytes == 0 {
+    /// interrupted before the end of its hold), or when fewer than
+    /// `min_sessions` were open at the sample: a per-session figure from a
+    /// small fraction of the target says more about the sampling than about
+    /// the sessions.
+    pub fn per_session(&self, min_sessions: u64) -> Option<f64> {
+        if self.sessions == 0 || self.held_bytes == 0 || self.sessions < min_sessions {
             return None;
         }
         let delta = self.held_bytes as f64 - self.baseline_bytes as f64;
@@ -76,7 +79,21 @@ pub struct RunOutcome {
     pub loadgen_anon: RssMeasure,
     pub server: Option<ServerMeasure>,
     pub kernel: Option<KernelMeasure>,
+    pub monitor: MonitorMeasure,
     pub duration_s: f64,
+}
+
+/// How punctual the parent's per-second monitor was.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorMeasure {
+    /// The monitor thread's nice value, when it could be raised.
+    pub nice: Option<i32>,
+    /// Rows that covered more than one second (the monitor woke late).
+    pub late_rows: u64,
+    pub max_late_ms: u64,
+    /// When the held sample (memory, slab, CPU window end) was taken, in ms
+    /// of the run.
+    pub held_sample_ms: u64,
 }
 
 fn round1(v: f64) -> f64 {
@@ -104,6 +121,23 @@ pub fn summary(o: &RunOutcome) -> Value {
     }
     errors.insert("total".into(), json!(c.errors_total()));
     let tl = o.config.timeline();
+    // Per-session memory only from a sample with at least half the target open.
+    let min_sessions = o.config.sessions.div_ceil(2);
+    let m = &o.monitor;
+    let sample_note = if o.loadgen.sessions < min_sessions {
+        format!(
+            "no per-session memory figure: {} sessions open at the held sample, fewer than half \
+             the target ({min_sessions})",
+            o.loadgen.sessions
+        )
+    } else if m.held_sample_ms > u64::from(tl.hold_end_ms) {
+        format!(
+            "the held sample was taken {} ms after the hold ended (the monitor woke late)",
+            m.held_sample_ms - u64::from(tl.hold_end_ms)
+        )
+    } else {
+        "taken in the last second of the hold".to_string()
+    };
     let mut s = json!({
         "config": o.config,
         "host": o.host,
@@ -140,11 +174,19 @@ pub fn summary(o: &RunOutcome) -> Value {
         "error_hints": error_hints,
         "first_errors": o.first_errors,
         "spills": {"read": c.read_spills, "write": c.write_spills},
+        "monitor": {
+            "nice": m.nice,
+            "late_rows": m.late_rows,
+            "max_late_ms": m.max_late_ms,
+            "held_sample_ms": m.held_sample_ms,
+            "held_sample_sessions": o.loadgen.sessions,
+            "held_sample_note": sample_note,
+        },
         "loadgen": {
             "rss_bytes": o.loadgen.held_bytes,
             "rss_baseline_bytes": o.loadgen.baseline_bytes,
-            "rss_bytes_per_session": o.loadgen.per_session(),
-            "rss_anon_bytes_per_session": o.loadgen_anon.per_session(),
+            "rss_bytes_per_session": o.loadgen.per_session(min_sessions),
+            "rss_anon_bytes_per_session": o.loadgen_anon.per_session(min_sessions),
             "sessions_measured": o.loadgen.sessions,
             "processes": o.loadgen.processes,
             "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
@@ -157,7 +199,7 @@ pub fn summary(o: &RunOutcome) -> Value {
             "processes": server.rss.processes,
             "rss_bytes": server.rss.held_bytes,
             "rss_baseline_bytes": server.rss.baseline_bytes,
-            "rss_bytes_per_session": server.rss.per_session(),
+            "rss_bytes_per_session": server.rss.per_session(min_sessions),
             "cpu_us_per_heartbeat": if server.heartbeats > 0 {
                 round1(server.cpu_s * 1e6 / server.heartbeats as f64)
             } else { 0.0 },

@@ -195,20 +195,27 @@ impl HlogWriters<'_> {
     pub fn warm(&mut self) -> Result<()> {
         let dense = Histos::every_bucket();
         self.gate.set(false);
-        let result = self.write(0, &dense);
+        let result = self.write(0, 1, &dense);
         self.gate.set(true);
         result
     }
 
     /// Writes second `t_s` (the interval `[t_s - 1, t_s)`).
     pub fn second(&mut self, t_s: u64, interval: &Histos) -> Result<()> {
-        self.write(t_s.saturating_sub(1), interval)
+        self.span(t_s, 1, interval)
     }
 
-    fn write(&mut self, start_s: u64, interval: &Histos) -> Result<()> {
+    /// Writes the interval `[t_s - span_s, t_s)` (a monitor that woke late
+    /// covers several seconds with one row).
+    pub fn span(&mut self, t_s: u64, span_s: u64, interval: &Histos) -> Result<()> {
+        let span_s = span_s.clamp(1, t_s.max(1));
+        self.write(t_s.saturating_sub(span_s), span_s, interval)
+    }
+
+    fn write(&mut self, start_s: u64, span_s: u64, interval: &Histos) -> Result<()> {
         for ((log, h), name) in self.logs.iter_mut().zip(interval.parts()).zip(HLOG_NAMES) {
             let start = Duration::from_secs(start_s);
-            log.write_histogram(h, start, Duration::from_secs(1), Tag::new(name))
+            log.write_histogram(h, start, Duration::from_secs(span_s), Tag::new(name))
                 .map_err(|e| anyhow!("{name}.hlog: {e:?}"))?;
         }
         Ok(())

@@ -16,7 +16,7 @@ use crate::host::{self, HostFacts};
 use crate::plan::{time_wait_headroom, AddressPlan, Cidr};
 use crate::procs::{self, ChildFleet};
 use crate::progress::Progress;
-use crate::report::{self, KernelMeasure, RssMeasure, RunOutcome, ServerMeasure};
+use crate::report::{self, KernelMeasure, MonitorMeasure, RssMeasure, RunOutcome, ServerMeasure};
 use crate::results::{HlogFiles, Row, TimelineFile};
 use crate::scenario::RunConfig;
 use crate::stats::{Counters, Histos};
@@ -31,6 +31,42 @@ pub const EXIT_THRESHOLD: i32 = 3;
 pub const EXIT_INTERRUPTED: i32 = 130;
 /// TCP_TIMEWAIT_LEN.
 const TIME_WAIT_MS: f64 = 60_000.0;
+/// The monitor thread's nice value where the host allows it (root).
+const MONITOR_NICE: i32 = -10;
+
+/// Which second a timeline row stands for. The monitor aims at 150 ms past
+/// each whole second; on a saturated host it can wake seconds late, and a
+/// row labelled by its loop count would then put everything after it at the
+/// wrong time (the million campaign's first runs: rows minutes behind, the
+/// hold-end memory sample taken during the drain). A late row is labelled
+/// with the second it was really taken in and covers every second since the
+/// previous row, its rates divided by that span.
+#[derive(Debug, Default)]
+struct RowClock {
+    last_t_s: u64,
+    late_rows: u64,
+    max_late_ms: u64,
+}
+
+impl RowClock {
+    /// Notes how late the monitor woke for a sample due at `due_us`.
+    fn woke(&mut self, due_us: u64, now_us: u64) {
+        self.max_late_ms = self.max_late_ms.max(now_us.saturating_sub(due_us) / 1_000);
+    }
+
+    /// `(t_s, span_s)` of the row aimed at second `aimed`, its data read at
+    /// `now_us`: the row covers `[t_s - span_s, t_s)`.
+    fn row(&mut self, aimed: u64, now_us: u64) -> (u64, u64) {
+        let real = now_us.saturating_sub(150_000) / 1_000_000;
+        let t_s = aimed.max(real).max(self.last_t_s + 1);
+        if t_s > aimed {
+            self.late_rows += 1;
+        }
+        let span = t_s - self.last_t_s;
+        self.last_t_s = t_s;
+        (t_s, span)
+    }
+}
 
 /// The checked address plan of `config` on this host.
 pub fn address_plan(config: &RunConfig) -> Result<AddressPlan> {
@@ -212,11 +248,19 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let progress = Progress::new(&config.progress, config.sessions);
     let tl = config.timeline();
 
+    // The monitor must not be starved by the fleet it measures (on a
+    // saturated host a late monitor smears its rows and misses the hold-end
+    // sample): as root, this thread gets a higher priority than the drivers.
+    let monitor_nice = c10m_server::sys::set_thread_nice(MONITOR_NICE)
+        .ok()
+        .map(|()| MONITOR_NICE);
+    let mut rows = RowClock::default();
     let mut prev = Counters::default();
     let (mut peak_open, mut conn_peak, mut hb_peak) = (0u64, 0u64, 0u64);
     let (mut ramp_seconds, mut ramp_connects, mut ramp_done) = (0u64, 0u64, false);
     let mut window_start: Option<Sample> = None;
     let mut held: Option<Sample> = None;
+    let mut held_sample_ms = 0u64;
     let mut stop_sent = false;
     let mut second = 1u64;
     loop {
@@ -232,7 +276,10 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             }
             std::thread::sleep(Duration::from_micros((due_us - now).min(50_000)));
         }
+        rows.woke(due_us, clock.now_us());
         fleet.collect(&mut snap, Duration::from_millis(300));
+        let (t_s, span) = rows.row(second, clock.now_us());
+        let per_s = |now: u64, before: u64| (now.saturating_sub(before) + span / 2) / span;
         let c = snap.counters.clone();
         let rtt = &snap.histos.rtt;
         let q = |q: f64| {
@@ -243,17 +290,17 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             }
         };
         let row = Row {
-            t_s: second,
-            phase: config.phase_at(((second - 1) * 1_000) as u32).to_string(),
+            t_s,
+            phase: config.phase_at(((t_s - 1) * 1_000) as u32).to_string(),
             sessions_open: c.open,
             connects_ok: c.connects_ok,
-            connects_per_s: c.connects_ok - prev.connects_ok,
-            heartbeats_sent_per_s: c.heartbeats_sent - prev.heartbeats_sent,
-            heartbeats_answered_per_s: c.heartbeats_answered - prev.heartbeats_answered,
+            connects_per_s: per_s(c.connects_ok, prev.connects_ok),
+            heartbeats_sent_per_s: per_s(c.heartbeats_sent, prev.heartbeats_sent),
+            heartbeats_answered_per_s: per_s(c.heartbeats_answered, prev.heartbeats_answered),
             rtt_p50_us: q(0.5),
             rtt_p99_us: q(0.99),
             rtt_max_us: if rtt.is_empty() { 0 } else { rtt.max() },
-            errors_per_s: c.errors_total() - prev.errors_total(),
+            errors_per_s: per_s(c.errors_total(), prev.errors_total()),
             errors_total: c.errors_total(),
             loadgen_rss_bytes: rss_sum(&pids),
             server_rss_bytes: config
@@ -268,35 +315,37 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             t.row(&row)?;
         }
         if let Some(h) = hlogs.as_mut() {
-            h.second(second, &snap.histos)?;
+            h.span(t_s, span, &snap.histos)?;
         }
         progress.update(&row);
         peak_open = peak_open.max(c.open);
         conn_peak = conn_peak.max(row.connects_per_s);
         hb_peak = hb_peak.max(row.heartbeats_answered_per_s);
         if !ramp_done {
-            ramp_seconds += 1;
-            ramp_connects += row.connects_per_s;
-            ramp_done = c.open >= config.sessions || second * 1_000 >= u64::from(tl.ramp_end_ms);
+            ramp_seconds += span;
+            ramp_connects += c.connects_ok - prev.connects_ok;
+            ramp_done = c.open >= config.sessions || t_s * 1_000 >= u64::from(tl.ramp_end_ms);
         }
-        let sample_ms = second * 1_000 + 150;
+        let sample_ms = t_s * 1_000 + 150;
         if window_start.is_none() && sample_ms >= u64::from(tl.ramp_end_ms) {
             window_start = Some(sample(&pids, config.server_pid, &c, false));
         }
-        let next_sample_ms = sample_ms + 1_000;
-        if sample_ms <= u64::from(tl.hold_end_ms) && next_sample_ms > u64::from(tl.hold_end_ms) {
+        // The last row inside the hold (or, after a late wake-up, the first
+        // past its end, which the summary then flags).
+        if held.is_none() && sample_ms + 1_000 > u64::from(tl.hold_end_ms) {
             held = Some(sample(&pids, config.server_pid, &c, true));
+            held_sample_ms = clock.now_us() / 1_000;
         }
         prev = c;
         snap.histos.reset();
         if fleet.finished() {
             break;
         }
-        if second * 1_000 > u64::from(tl.deadline_ms) + 15_000 && !stop_sent {
+        if t_s * 1_000 > u64::from(tl.deadline_ms) + 15_000 && !stop_sent {
             fleet.stop();
             stop_sent = true;
         }
-        second += 1;
+        second = t_s + 1;
     }
     let joined = fleet.join(&mut snap, Instant::now() + Duration::from_secs(30));
     progress.finish();
@@ -331,6 +380,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             .server_pid
             .map(|pid| server_measure(pid, &baseline, window_start.as_ref(), &held)),
         kernel: kernel_measure(&baseline, &held, &plan),
+        monitor: MonitorMeasure {
+            nice: monitor_nice,
+            late_rows: rows.late_rows,
+            max_late_ms: rows.max_late_ms,
+            held_sample_ms,
+        },
         duration_s: clock.now_us() as f64 / 1e6,
         counters,
         config: config.clone(),
@@ -395,4 +450,33 @@ fn kernel_measure(base: &Sample, held: &Sample, plan: &AddressPlan) -> Option<Ke
         connections: held.open,
         both_ends_local: plan.targets.iter().all(|t| t.ip().is_loopback()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RowClock;
+
+    #[test]
+    fn rows_on_time_cover_one_second_each() {
+        let mut rows = RowClock::default();
+        for second in 1..=5u64 {
+            rows.woke(second * 1_000_000 + 150_000, second * 1_000_000 + 160_000);
+            assert_eq!(rows.row(second, second * 1_000_000 + 400_000), (second, 1));
+        }
+        assert_eq!((rows.late_rows, rows.max_late_ms), (0, 10));
+    }
+
+    #[test]
+    fn a_late_row_is_labelled_with_its_real_second_and_spans_the_gap() {
+        let mut rows = RowClock::default();
+        assert_eq!(rows.row(1, 1_200_000), (1, 1));
+        // Aimed at second 2 but woke at 6.3 s: the row is second 6, covering 2..6.
+        rows.woke(2_150_000, 6_300_000);
+        assert_eq!(rows.row(2, 6_350_000), (6, 5));
+        assert_eq!(rows.late_rows, 1);
+        assert_eq!(rows.max_late_ms, 4_150);
+        // The next row is aimed at 7 and on time again.
+        assert_eq!(rows.row(7, 7_200_000), (7, 1));
+        assert_eq!(rows.late_rows, 1);
+    }
 }

@@ -45,6 +45,7 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
         loadgen_anon: RssMeasure::default(),
         server: None,
         kernel: None,
+        monitor: Default::default(),
         duration_s: 3.0,
     }
 }
@@ -148,5 +149,32 @@ fn kernel_and_host_memory_are_per_connection_with_other_growers_named() {
     assert_eq!(
         f("/memory_per_connection/sum_of_parts"),
         4_000.0 + 30.0 + 32.0
+    );
+}
+
+#[test]
+fn per_session_memory_is_withheld_when_the_sample_saw_under_half_the_target() {
+    let mut o = outcome(100, 0, 500);
+    o.loadgen.sessions = 49;
+    o.loadgen.held_bytes = 1_000_000 + 49 * 32;
+    let s = summary(&o);
+    assert!(s["loadgen"]["rss_bytes_per_session"].is_null());
+    let note = s["monitor"]["held_sample_note"].as_str().unwrap();
+    assert!(
+        note.contains("49 sessions open") && note.contains("(50)"),
+        "{note}"
+    );
+    o.loadgen.sessions = 50;
+    o.loadgen.held_bytes = 1_000_000 + 50 * 32;
+    let s = summary(&o);
+    assert_eq!(s["loadgen"]["rss_bytes_per_session"], 32.0);
+    // A sample taken after the hold ended is flagged.
+    o.monitor.held_sample_ms = u64::from(o.config.timeline().hold_end_ms) + 2_500;
+    let note = summary(&o)["monitor"]["held_sample_note"].clone();
+    assert!(
+        note.as_str()
+            .unwrap()
+            .contains("2500 ms after the hold ended"),
+        "{note}"
     );
 }

@@ -264,6 +264,18 @@ pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
     sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
+/// Sets the calling thread's nice value (on Linux, nice is per thread).
+/// Going below 0 needs CAP_SYS_NICE or a raised RLIMIT_NICE.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     use nix::sched::{sched_getaffinity, CpuSet};
