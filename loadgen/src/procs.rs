@@ -332,6 +332,10 @@ fn run_child(
         .with_context(|| format!("bad go line {go:?}"))?;
     let clock = RunClock::from_epoch_ns(epoch);
     fleet.go(clock);
+    // This thread forwards the drivers' reports each second: like the
+    // parent's monitor, it must not be starved by them (drivers were spawned
+    // above and keep their nice value).
+    let _ = c10m_server::sys::set_thread_nice(crate::run::MONITOR_NICE);
     let stopper = fleet.stop_handle();
     std::thread::spawn(move || {
         for line in lines {

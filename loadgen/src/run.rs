@@ -32,7 +32,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// TCP_TIMEWAIT_LEN.
 const TIME_WAIT_MS: f64 = 60_000.0;
 /// The monitor thread's nice value where the host allows it (root).
-const MONITOR_NICE: i32 = -10;
+pub const MONITOR_NICE: i32 = -10;
 
 /// Which second a timeline row stands for. The monitor aims at 150 ms past
 /// each whole second; on a saturated host it can wake seconds late, and a
