@@ -79,8 +79,24 @@ pub struct RunOutcome {
     pub loadgen_anon: RssMeasure,
     pub server: Option<ServerMeasure>,
     pub kernel: Option<KernelMeasure>,
+    /// The loadgen's own CPU over the same window as the server's.
+    pub loadgen_cpu: CpuMeasure,
     pub monitor: MonitorMeasure,
     pub duration_s: f64,
+}
+
+/// utime + stime of a role's processes over the hold, and heartbeats
+/// answered in it.
+#[derive(Debug, Clone, Default)]
+pub struct CpuMeasure {
+    pub cpu_s: f64,
+    pub heartbeats: u64,
+}
+
+impl CpuMeasure {
+    pub fn us_per_heartbeat(&self) -> Option<f64> {
+        (self.heartbeats > 0).then(|| round1(self.cpu_s * 1e6 / self.heartbeats as f64))
+    }
 }
 
 /// How punctual the parent's per-second monitor was.
@@ -188,9 +204,13 @@ pub fn summary(o: &RunOutcome) -> Value {
             "rss_bytes_per_session": o.loadgen.per_session(min_sessions),
             "rss_anon_bytes_per_session": o.loadgen_anon.per_session(min_sessions),
             "sessions_measured": o.loadgen.sessions,
+            "cpu_us_per_heartbeat": o.loadgen_cpu.us_per_heartbeat(),
+            "cpu_s_in_window": round1(o.loadgen_cpu.cpu_s),
             "processes": o.loadgen.processes,
             "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
-                       hold, minus the same processes warmed up with 0 sessions, / sessions open",
+                       hold, minus the same processes warmed up with 0 sessions, / sessions open; \
+                       CPU = utime+stime of those processes over the server's CPU window / \
+                       heartbeats answered in it",
         },
     });
     if let Some(server) = &o.server {
@@ -374,6 +394,9 @@ pub fn table(s: &Value) -> String {
         rows.push(("server RSS per session".into(), bytes(v)));
         let cpu = f("/server/cpu_us_per_heartbeat").unwrap_or(0.0);
         rows.push(("server CPU per heartbeat".into(), format!("{cpu:.1} us")));
+        if let Some(cpu) = f("/loadgen/cpu_us_per_heartbeat") {
+            rows.push(("loadgen CPU per heartbeat".into(), format!("{cpu:.1} us")));
+        }
     }
     if let Some(v) = f("/kernel/slab_bytes_per_connection") {
         rows.push((

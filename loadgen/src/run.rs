@@ -16,7 +16,9 @@ use crate::host::{self, HostFacts};
 use crate::plan::{time_wait_headroom, AddressPlan, Cidr};
 use crate::procs::{self, ChildFleet};
 use crate::progress::Progress;
-use crate::report::{self, KernelMeasure, MonitorMeasure, RssMeasure, RunOutcome, ServerMeasure};
+use crate::report::{
+    self, CpuMeasure, KernelMeasure, MonitorMeasure, RssMeasure, RunOutcome, ServerMeasure,
+};
 use crate::results::{HlogFiles, Row, TimelineFile};
 use crate::scenario::RunConfig;
 use crate::stats::{Counters, Histos};
@@ -158,6 +160,7 @@ struct Sample {
     /// children, or the one process).
     server_rss: u64,
     server_cpu_s: f64,
+    loadgen_cpu_s: f64,
     server_procs: usize,
     answered: u64,
     at: Option<Instant>,
@@ -172,6 +175,7 @@ fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, kernel: bool) 
         loadgen_anon: pids.iter().filter_map(|p| host::rss_anon_bytes(*p)).sum(),
         open: counters.open,
         server_rss: rss_sum(&server_pids),
+        loadgen_cpu_s: pids.iter().filter_map(|p| host::cpu_seconds(*p)).sum(),
         server_cpu_s: server_pids
             .iter()
             .filter_map(|p| host::cpu_seconds(*p))
@@ -380,6 +384,13 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             .server_pid
             .map(|pid| server_measure(pid, &baseline, window_start.as_ref(), &held)),
         kernel: kernel_measure(&baseline, &held, &plan),
+        loadgen_cpu: {
+            let start = window_start.as_ref().unwrap_or(&baseline);
+            CpuMeasure {
+                cpu_s: (held.loadgen_cpu_s - start.loadgen_cpu_s).max(0.0),
+                heartbeats: held.answered.saturating_sub(start.answered),
+            }
+        },
         monitor: MonitorMeasure {
             nice: monitor_nice,
             late_rows: rows.late_rows,

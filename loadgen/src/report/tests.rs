@@ -45,6 +45,7 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
         loadgen_anon: RssMeasure::default(),
         server: None,
         kernel: None,
+        loadgen_cpu: Default::default(),
         monitor: Default::default(),
         duration_s: 3.0,
     }
