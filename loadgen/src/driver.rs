@@ -241,8 +241,11 @@ impl Driver {
 
     fn dispatch(&mut self, event: &mio::event::Event, now_us: u64) {
         if event.token() == TIMER {
-            // Nonblocking read of the expiration count; EAGAIN is fine.
-            let _ = self.timer.wait();
+            // Not read: the expiration count is reset by the re-arm that
+            // always follows (timerfd_settime zeroes it), and every expiry
+            // wakes the edge-triggered registration anew. Saves a read per
+            // timer wake-up (~0.7 syscalls per heartbeat in the million
+            // layout).
             self.armed_ms = None;
             return;
         }
@@ -324,7 +327,16 @@ impl Driver {
                     }
                 }
                 Step::ConnectTimeout => {
-                    self.fail(idx, ErrorKind::Timeout, now, None);
+                    // Deadlines are checked before the loop reads its events:
+                    // on a starved host the handshake may have completed long
+                    // ago with its event still unread. Only a socket that is
+                    // still unconnected has timed out (the late connect's
+                    // latency is recorded as it is).
+                    if self.established(idx) {
+                        self.on_connect_event(idx, now_us);
+                    } else {
+                        self.fail(idx, ErrorKind::Timeout, now, None);
+                    }
                     return;
                 }
                 Step::Close(_) => {
@@ -425,6 +437,13 @@ impl Driver {
             Ok(stream) => self.sockets[idx as usize] = Some(stream),
             Err(e) => self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
         }
+    }
+
+    /// True if the session's socket has completed its handshake.
+    fn established(&self, idx: u32) -> bool {
+        self.sockets[idx as usize]
+            .as_ref()
+            .is_some_and(|s| matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok())
     }
 
     fn on_connect_event(&mut self, idx: u32, now_us: u64) {
