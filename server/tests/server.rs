@@ -41,6 +41,7 @@ backend_tests!(
     slowloris_is_closed_at_the_frame_timeout,
     accept_rate_sheds_the_excess_busy_and_spares_held_sessions,
     a_client_that_keeps_sending_after_its_protocol_error_harms_no_one,
+    a_stalled_loop_sheds_new_connections_and_still_answers_held_ones,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -379,6 +380,84 @@ fn accept_rate_sheds_the_excess_busy_and_spares_held_sessions(backend: Backend) 
     let stopped = server.stop();
     assert_eq!(stopped.stats["shed"], shed);
     assert_eq!(stopped.stats["accepted"], admitted.len() as u64 + 1);
+}
+
+/// Real loop lag, no test hook: the server process is stopped for 400 ms
+/// (SIGSTOP/SIGCONT), as a host that withholds the CPU would stall it, so
+/// its worker runs the next 100 ms wheel tick ~300 ms late. The client
+/// that connected meanwhile is answered busy before it becomes a session;
+/// the held session's heartbeat, sent during the stall, is answered; once
+/// the ticks are punctual again for the 1 s hold, new clients get in.
+fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Backend) {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    let _fds = light();
+    // --idle-timeout 6400ms gives a 100 ms wheel tick (1/64 of it).
+    let args = [
+        "--workers",
+        "1",
+        "--max-lag",
+        "100ms",
+        "--idle-timeout",
+        "6400ms",
+    ];
+    let server = Server::start(backend, &args);
+    let mut held = server.connect();
+    roundtrip(&mut held, b"PING\r\n", b"+PONG\r\n");
+
+    kill(server.pid, SIGSTOP);
+    let stalled = Instant::now();
+    // A group stop reaches each thread when it next runs: wait until the
+    // worker is stopped too, or it may still accept the next client.
+    while !all_threads_stopped(server.pid) {
+        assert!(
+            stalled.elapsed() < Duration::from_millis(300),
+            "not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The kernel completes the handshake; the worker sees it after the stall.
+    let mut newcomer = server.connect();
+    newcomer.write_all(b"PING\r\n").unwrap();
+    held.write_all(b"PING during-stall\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(400).saturating_sub(stalled.elapsed()));
+    kill(server.pid, SIGCONT);
+
+    assert_eq!(
+        read_some(&mut newcomer).escape_ascii().to_string(),
+        "-ERR BUSY retry-after=5\\r\\n"
+    );
+    assert_eq!(read_to_close(&mut newcomer), b"", "closed after the reply");
+    let echo = b"$12\r\nduring-stall\r\n";
+    assert_eq!(read_exact_len(&mut held, echo.len()), echo);
+    let line = server.wait_stat("lag_shedding", |v| v == 1, Duration::from_secs(5));
+    assert!(stat(&line, "shed_lag").is_some_and(|n| n >= 1), "{line}");
+
+    // Punctual ticks for the hold: admitted again (a busy host may delay
+    // that, never prevent it).
+    std::thread::sleep(Duration::from_millis(1000));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut late_busy = 0;
+    let mut admitted = loop {
+        let mut c = server.connect();
+        c.write_all(b"PING\r\n").unwrap();
+        match read_some(&mut c).as_slice() {
+            b"+PONG\r\n" => break c,
+            reply => assert_eq!(reply, b"-ERR BUSY retry-after=5\r\n"),
+        }
+        late_busy += 1;
+        assert!(Instant::now() < deadline, "never admitted again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    roundtrip(&mut admitted, b"PING\r\n", b"+PONG\r\n");
+    roundtrip(&mut held, b"PING\r\n", b"+PONG\r\n");
+
+    let stopped = server.stop();
+    let s = &stopped.stats;
+    assert_eq!(s["shed_lag"], 1 + late_busy, "{s}");
+    assert_eq!(s["shed"], s["shed_lag"], "nothing else shed: {s}");
+    assert_eq!(s["accepted"], 2, "{s}");
+    let max_lag_us = s["loop_lag_max_us"].as_u64().unwrap();
+    assert!((250_000..5_000_000).contains(&max_lag_us), "{s}");
 }
 
 /// Reads what arrives until the reply is complete (a line) or the
@@ -762,6 +841,19 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// True when every thread of `pid` is stopped (state T).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+            let after = &s[s.rfind(')').unwrap_or(0) + 2..];
+            after.starts_with('T')
+        })
+    })
 }
 
 /// True while `pid` exists and is not a zombie.
