@@ -401,8 +401,10 @@ fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Bac
         "6400ms",
     ];
     let server = Server::start(backend, &args);
-    let mut held = server.connect();
-    roundtrip(&mut held, b"PING\r\n", b"+PONG\r\n");
+    // A busy host may stall the worker on its own (then it sheds too):
+    // such refusals are counted, and retried until admitted.
+    let mut noise_busy = 0;
+    let mut held = admitted_after_busy(&server, &mut noise_busy, None);
 
     kill(server.pid, SIGSTOP);
     let stalled = Instant::now();
@@ -429,35 +431,46 @@ fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Bac
     assert_eq!(read_to_close(&mut newcomer), b"", "closed after the reply");
     let echo = b"$12\r\nduring-stall\r\n";
     assert_eq!(read_exact_len(&mut held, echo.len()), echo);
-    let line = server.wait_stat("lag_shedding", |v| v == 1, Duration::from_secs(5));
-    assert!(stat(&line, "shed_lag").is_some_and(|n| n >= 1), "{line}");
+    // Counted as shed for lag (the gauge may show shedding a turn earlier).
+    server.wait_stat("shed_lag", |v| v == 1, Duration::from_secs(5));
 
-    // Punctual ticks for the hold: admitted again (a busy host may delay
-    // that, never prevent it).
+    // Punctual ticks for the hold: admitted again.
     std::thread::sleep(Duration::from_millis(1000));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut late_busy = 0;
-    let mut admitted = loop {
-        let mut c = server.connect();
-        c.write_all(b"PING\r\n").unwrap();
-        match read_some(&mut c).as_slice() {
-            b"+PONG\r\n" => break c,
-            reply => assert_eq!(reply, b"-ERR BUSY retry-after=5\r\n"),
-        }
-        late_busy += 1;
-        assert!(Instant::now() < deadline, "never admitted again");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut admitted = admitted_after_busy(&server, &mut noise_busy, Some(&mut held));
     roundtrip(&mut admitted, b"PING\r\n", b"+PONG\r\n");
     roundtrip(&mut held, b"PING\r\n", b"+PONG\r\n");
 
     let stopped = server.stop();
     let s = &stopped.stats;
-    assert_eq!(s["shed_lag"], 1 + late_busy, "{s}");
+    assert_eq!(s["shed_lag"], 1 + noise_busy, "{s}");
     assert_eq!(s["shed"], s["shed_lag"], "nothing else shed: {s}");
     assert_eq!(s["accepted"], 2, "{s}");
     let max_lag_us = s["loop_lag_max_us"].as_u64().unwrap();
     assert!((250_000..5_000_000).contains(&max_lag_us), "{s}");
+}
+
+/// Connects until a client is admitted (PING answered), counting busy
+/// refusals in `busy`; heartbeats `keep` meanwhile so it is not evicted.
+fn admitted_after_busy(
+    server: &Server,
+    busy: &mut u64,
+    mut keep: Option<&mut TcpStream>,
+) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = server.connect();
+        c.write_all(b"PING\r\n").unwrap();
+        match read_some(&mut c).as_slice() {
+            b"+PONG\r\n" => return c,
+            reply => assert_eq!(reply, b"-ERR BUSY retry-after=5\r\n"),
+        }
+        *busy += 1;
+        assert!(Instant::now() < deadline, "never admitted");
+        if let Some(k) = keep.as_deref_mut() {
+            roundtrip(k, b"PING\r\n", b"+PONG\r\n");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Reads what arrives until the reply is complete (a line) or the
