@@ -37,6 +37,11 @@ use std::time::Duration;
 /// Least time a worker keeps shedding after its last late tick.
 pub const HOLD: Duration = Duration::from_secs(1);
 
+/// Retry-after told to clients shed for loop lag alone: the hold, since a
+/// lag episode ends within it unless the overload persists (and then the
+/// loadgen-style client backs off exponentially anyway).
+pub const RETRY_AFTER_S: u32 = 1;
+
 /// Default `--max-lag`. A tick this late means every event of the worker
 /// waited up to this long, 20× the 5 ms RTT p99 the project aims at: the
 /// worker is clearly behind, not jittering. Lower values shed on ordinary

@@ -63,8 +63,8 @@ struct Cli {
     retry_after: Duration,
 
     /// Loop-lag overload signal: a worker whose periodic tick runs later
-    /// than this answers new connections `-ERR BUSY` (counted as shed and
-    /// shed_lag) until its ticks have run within half of it for 1 s; held
+    /// than this answers new connections `-ERR BUSY retry-after=1` (counted
+    /// as shed and shed_lag) until its ticks have run within half of it for 1 s; held
     /// sessions are not touched. `0s`: measure and report only.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     max_lag: Duration,

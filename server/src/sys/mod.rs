@@ -194,10 +194,17 @@ impl AdmissionControl {
         stream: &std::net::TcpStream,
     ) -> bool {
         let lagging = self.lag.shedding();
-        let overloaded = lagging
-            || self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+        let congested = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
             || spill_bytes > self.spill_budget / 2;
-        let retry_after_s = match self.gate.check(now_ns, overloaded) {
+        let retry_after_s = match self.gate.check(now_ns, lagging || congested) {
+            // A lagging worker is back within its hold: say so, rather than
+            // the --retry-after meant for a full or congested server (a
+            // reconnect wave shed for 5 s took 9 s to recover, not 2).
+            Gate::Busy { .. } if lagging && !congested => {
+                counters.shed += 1;
+                counters.shed_lag += 1;
+                crate::lag::RETRY_AFTER_S
+            }
             Gate::Busy { retry_after_s } => {
                 counters.shed += 1;
                 counters.shed_lag += u64::from(lagging);
