@@ -44,9 +44,14 @@ pub const RETRY_AFTER_S: u32 = 1;
 
 /// Default `--max-lag`. A tick this late means every event of the worker
 /// waited up to this long, 20× the 5 ms RTT p99 the project aims at: the
-/// worker is clearly behind, not jittering. Lower values shed on ordinary
-/// scheduler noise of a shared 2-core host (an idle worker's ticks run
-/// ~1 ms late; see results/reliability/storm for loaded figures).
+/// worker is clearly behind, not jittering. Measured on the 2-core test
+/// host (results/reliability): an idle worker's ticks run ~1 ms late; an
+/// accept storm of 1 955 connections/s refused by the token bucket beside
+/// 3 300 heartbeats/s left the worst tick 23 ms late (no lag shedding);
+/// 16 800 clients reconnecting at once after a child was killed, with 12
+/// workers and the loadgen sharing the 2 cores, made ticks 123 ms late and
+/// shed ~1 900 of them for a second. Lower values would shed on the
+/// scheduler noise of such a shared host.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
