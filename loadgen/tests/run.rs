@@ -72,8 +72,12 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        // No loop-lag shedding: these tests share 2 cores with builds and
+        // each other, where a server thread may wait >100 ms for a CPU; a
+        // busy refusal would then delay a session 5 s and fail the test.
         let mut child = Command::new(server_bin())
             .args(["--listen", "127.0.0.1:0", "--stats-interval", "0s"])
+            .args(["--max-lag", "0s"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

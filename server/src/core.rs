@@ -95,6 +95,8 @@ pub struct Counters {
     pub rejected: u64,
     /// Refused by the accept gate (rate limit or overload), answered busy.
     pub shed: u64,
+    /// Of `shed`: refused while the worker's loop lagged (`--max-lag`).
+    pub shed_lag: u64,
     pub closed: [u64; 7],
     pub heartbeats: u64,
     pub commands: u64,

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod core;
+pub mod lag;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

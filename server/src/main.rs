@@ -62,6 +62,13 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     retry_after: Duration,
 
+    /// Loop-lag overload signal: a worker whose periodic tick runs later
+    /// than this answers new connections `-ERR BUSY retry-after=1` (counted
+    /// as shed and shed_lag) until its ticks have run within half of it for 1 s; held
+    /// sessions are not touched. `0s`: measure and report only.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    max_lag: Duration,
+
     /// Largest request frame in bytes; a longer one gets
     /// `-ERR Protocol error` and its session is closed.
     #[arg(long, default_value_t = c10m_server::wire::DEFAULT_MAX_FRAME, value_parser = parse_max_frame)]
@@ -217,6 +224,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         frame_timeout: cli.frame_timeout.max(Duration::from_millis(10)),
         accept_rate: cli.accept_rate,
         retry_after: cli.retry_after,
+        max_lag: cli.max_lag,
         max_frame: cli.max_frame,
         spill_budget: cli.spill_budget,
         backlog: cli.backlog.max(1),

@@ -204,6 +204,36 @@ pub fn server_page(r: &Report) -> String {
         "Connections accepted and closed at once (over --max-sessions).",
         t.rejected as f64,
     );
+    e.one(
+        "c10m_server_shed_total",
+        c,
+        "Connections answered busy by the accept gate (rate limit or overload).",
+        t.shed as f64,
+    );
+    e.one(
+        "c10m_server_shed_lag_total",
+        c,
+        "Of shed: answered busy while the worker's loop lagged past --max-lag.",
+        t.shed_lag as f64,
+    );
+    e.one(
+        "c10m_server_lag_shedding_workers",
+        g,
+        "Workers answering new connections busy for loop lag now.",
+        t.lag_shedding as f64,
+    );
+    e.one(
+        "c10m_server_loop_lag_seconds",
+        g,
+        "Lag of the last wheel tick, the worst worker's.",
+        t.loop_lag_us as f64 / 1e6,
+    );
+    e.one(
+        "c10m_server_loop_lag_max_seconds",
+        g,
+        "Largest wheel-tick lag since start, the worst worker's.",
+        t.loop_lag_max_us as f64 / 1e6,
+    );
     let cl = &t.closed;
     e.family(
         "c10m_server_closed_total",
@@ -328,6 +358,8 @@ mod tests {
         let w = Snapshot {
             sessions_open: 7,
             accepted: 9,
+            shed_lag: 3,
+            loop_lag_max_us: 250_000,
             ..Snapshot::default()
         };
         board.publish(server_page(&Report::new(
@@ -342,6 +374,11 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
         assert!(reply.contains("\nc10m_server_sessions_open 7\n"), "{reply}");
         assert!(reply.contains("\nc10m_server_accepted_total 9\n"));
+        assert!(
+            reply.contains("\nc10m_server_shed_lag_total 3\n"),
+            "{reply}"
+        );
+        assert!(reply.contains("\nc10m_server_loop_lag_max_seconds 0.25\n"));
         assert!(reply.contains("c10m_server_closed_total{reason=\"peer\"} 0\n"));
         assert!(reply.contains("# TYPE c10m_server_accepted_total counter\n"));
     }

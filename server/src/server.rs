@@ -8,6 +8,7 @@
 
 use crate::admission::Admission;
 use crate::core::CoreConfig;
+use crate::lag::LoopLag;
 use crate::limits::{self, NoFile};
 use crate::listen::bind_listeners;
 use crate::shed::AcceptGate;
@@ -39,6 +40,9 @@ pub struct ServerConfig {
     pub accept_rate: u32,
     /// Retry-after told to clients refused for a full or overloaded server.
     pub retry_after: Duration,
+    /// A worker whose wheel tick runs later than this answers new
+    /// connections busy (see [`crate::lag`]); zero: never.
+    pub max_lag: Duration,
     pub max_frame: usize,
     pub spill_budget: usize,
     pub backlog: i32,
@@ -139,6 +143,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
                 ),
                 overloaded.clone(),
                 config.spill_budget,
+                LoopLag::new(tick, config.max_lag),
             ),
             stats: worker_stats,
             stop: stop.clone(),

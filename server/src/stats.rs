@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use crate::core::{CloseReason, Counters};
+use crate::lag::LagReading;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -20,6 +21,10 @@ pub struct WorkerStats {
     accepted: AtomicU64,
     rejected: AtomicU64,
     shed: AtomicU64,
+    shed_lag: AtomicU64,
+    loop_lag_us: AtomicU64,
+    loop_lag_max_us: AtomicU64,
+    lag_shedding: AtomicU64,
     closed: [AtomicU64; 7],
     heartbeats: AtomicU64,
     commands: AtomicU64,
@@ -39,6 +44,18 @@ pub struct Snapshot {
     /// Refused busy by the accept gate (rate limit or overload).
     #[serde(default)]
     pub shed: u64,
+    /// Of `shed`: refused while the worker's loop lagged past `--max-lag`.
+    #[serde(default)]
+    pub shed_lag: u64,
+    /// Workers answering new connections busy for loop lag now (a gauge).
+    #[serde(default)]
+    pub lag_shedding: u64,
+    /// Lag of the last wheel tick, µs (the largest over workers when summed).
+    #[serde(default)]
+    pub loop_lag_us: u64,
+    /// Largest tick lag since start, µs (the largest over workers).
+    #[serde(default)]
+    pub loop_lag_max_us: u64,
     pub closed: Closed,
     pub heartbeats: u64,
     pub commands: u64,
@@ -66,12 +83,16 @@ pub struct Closed {
 
 impl WorkerStats {
     /// Called by the owning worker only.
-    pub fn publish(&self, c: &Counters, sessions_open: usize, spill_bytes: usize) {
+    pub fn publish(&self, c: &Counters, sessions_open: usize, spill_bytes: usize, lag: LagReading) {
         self.sessions_open.store(sessions_open as u64, Relaxed);
         self.spill_bytes.store(spill_bytes as u64, Relaxed);
         self.accepted.store(c.accepted, Relaxed);
         self.rejected.store(c.rejected, Relaxed);
         self.shed.store(c.shed, Relaxed);
+        self.shed_lag.store(c.shed_lag, Relaxed);
+        self.loop_lag_us.store(lag.last_us, Relaxed);
+        self.loop_lag_max_us.store(lag.max_us, Relaxed);
+        self.lag_shedding.store(u64::from(lag.shedding), Relaxed);
         for (slot, value) in self.closed.iter().zip(c.closed) {
             slot.store(value, Relaxed);
         }
@@ -91,6 +112,10 @@ impl WorkerStats {
             accepted: self.accepted.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             shed: self.shed.load(Relaxed),
+            shed_lag: self.shed_lag.load(Relaxed),
+            lag_shedding: self.lag_shedding.load(Relaxed),
+            loop_lag_us: self.loop_lag_us.load(Relaxed),
+            loop_lag_max_us: self.loop_lag_max_us.load(Relaxed),
             closed: Closed {
                 peer: closed(CloseReason::Peer),
                 evicted: closed(CloseReason::Evicted),
@@ -130,6 +155,11 @@ impl std::ops::AddAssign for Snapshot {
         self.accepted += o.accepted;
         self.rejected += o.rejected;
         self.shed += o.shed;
+        self.shed_lag += o.shed_lag;
+        self.lag_shedding += o.lag_shedding;
+        // Lag is per worker: the worst one speaks for the sum.
+        self.loop_lag_us = self.loop_lag_us.max(o.loop_lag_us);
+        self.loop_lag_max_us = self.loop_lag_max_us.max(o.loop_lag_max_us);
         self.closed += o.closed;
         self.heartbeats += o.heartbeats;
         self.commands += o.commands;
@@ -244,6 +274,7 @@ impl Report {
         };
         format!(
             "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} shed={} \
+             shed_lag={} lag_shedding={} loop_lag_ms={:.1} loop_lag_max_ms={:.1} \
              closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{},frame_timeout:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
              rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
@@ -253,6 +284,10 @@ impl Report {
             rate(t.accepted, prev_acc),
             t.rejected,
             t.shed,
+            t.shed_lag,
+            t.lag_shedding,
+            t.loop_lag_us as f64 / 1000.0,
+            t.loop_lag_max_us as f64 / 1000.0,
             t.closed.peer,
             t.closed.evicted,
             t.closed.protocol,
@@ -328,12 +363,32 @@ mod tests {
             ..Counters::default()
         };
         c.closed[CloseReason::Evicted as usize] = 2;
-        stats.publish(&c, 3, 10);
+        c.shed_lag = 4;
+        let lag = LagReading {
+            last_us: 700,
+            max_us: 9000,
+            shedding: true,
+        };
+        stats.publish(&c, 3, 10, lag);
         let s = stats.snapshot();
+        assert_eq!((s.shed_lag, s.lag_shedding), (4, 1));
+        assert_eq!((s.loop_lag_us, s.loop_lag_max_us), (700, 9000));
         assert_eq!((s.accepted, s.heartbeats, s.closed.evicted), (5, 9, 2));
         assert_eq!((s.sessions_open, s.spill_bytes), (3, 10));
         let total: Snapshot = [s, s].into_iter().sum();
         assert_eq!((total.accepted, total.closed.evicted), (10, 4));
+        assert_eq!((total.shed_lag, total.lag_shedding), (8, 2), "counts sum");
+        let calm = Snapshot {
+            loop_lag_us: 100,
+            loop_lag_max_us: 20_000,
+            ..Snapshot::default()
+        };
+        let total: Snapshot = [s, calm].into_iter().sum();
+        assert_eq!(
+            (total.loop_lag_us, total.loop_lag_max_us),
+            (700, 20_000),
+            "lag is the worst worker's, not a sum"
+        );
     }
 
     #[test]

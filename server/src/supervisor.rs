@@ -252,6 +252,10 @@ fn child_command(
             "--retry-after",
             &humantime::format_duration(config.retry_after).to_string(),
         ])
+        .args([
+            "--max-lag",
+            &humantime::format_duration(config.max_lag).to_string(),
+        ])
         .args(["--spill-budget", &config.spill_budget.to_string()])
         .args(["--backlog", &config.backlog.to_string()])
         .args([
@@ -411,6 +415,8 @@ fn supervise(
             totals.lost += kept.sessions_open;
             kept.sessions_open = 0;
             kept.spill_bytes = 0;
+            kept.lag_shedding = 0;
+            kept.loop_lag_us = 0;
             totals.retired += kept;
             totals.retired_cpu.0 += r.cpu_user_s;
             totals.retired_cpu.1 += r.cpu_sys_s;
@@ -501,6 +507,7 @@ mod tests {
             frame_timeout: Duration::from_secs(10),
             accept_rate: 0,
             retry_after: Duration::from_secs(5),
+            max_lag: crate::lag::DEFAULT_MAX_LAG,
             max_frame: 512,
             spill_budget: 1 << 20,
             backlog: 128,

@@ -125,7 +125,9 @@ impl Worker {
                     return Err(e);
                 }
             }
-            let now = s.clock.tick_at(Instant::now());
+            let woke = Instant::now();
+            s.control.on_wake(s.clock.elapsed_ns(woke));
+            let now = s.clock.tick_at(woke);
             for event in self.events.iter() {
                 match event.token() {
                     LISTENER => s.accept_more = true,
@@ -170,6 +172,7 @@ impl State {
             &self.core.counters,
             self.core.sessions(),
             self.core.spill_bytes(),
+            self.control.lag(),
         );
     }
 

@@ -18,6 +18,7 @@ pub mod uring;
 
 use crate::admission::Admission;
 use crate::core::CoreConfig;
+use crate::lag::LoopLag;
 use crate::shed::{AcceptGate, Gate};
 use crate::stats::WorkerStats;
 use std::io;
@@ -136,8 +137,11 @@ pub struct WorkerSetup {
 
 /// Admission of accepted connections, the same for every backend: the
 /// worker's accept gate (rate limit; overload: the server's listen-queue
-/// signal, or this worker's spill area over half its budget), then the
-/// process-wide session cap.
+/// signal, this worker's spill area over half its budget, or this worker's
+/// loop lagging past `--max-lag`), then the process-wide session cap.
+///
+/// Call order per loop turn: [`Self::on_wake`] right after the poll or
+/// enter returns, then [`Self::admit`] for each connection the turn accepts.
 #[derive(Debug)]
 pub struct AdmissionControl {
     admission: Arc<Admission>,
@@ -145,6 +149,7 @@ pub struct AdmissionControl {
     /// Set by the server while it is overloaded (listen-queue overflows).
     overloaded: Arc<AtomicBool>,
     spill_budget: usize,
+    lag: LoopLag,
 }
 
 impl AdmissionControl {
@@ -153,13 +158,26 @@ impl AdmissionControl {
         gate: AcceptGate,
         overloaded: Arc<AtomicBool>,
         spill_budget: usize,
+        lag: LoopLag,
     ) -> Self {
         AdmissionControl {
             admission,
             gate,
             overloaded,
             spill_budget,
+            lag,
         }
+    }
+
+    /// A loop turn begins `now_ns` after the worker's clock started: runs
+    /// the loop-lag measurement (see [`LoopLag`]).
+    pub fn on_wake(&mut self, now_ns: u64) {
+        self.lag.on_wake(now_ns);
+    }
+
+    /// This worker's loop lag, for its stats.
+    pub fn lag(&self) -> crate::lag::LagReading {
+        self.lag.reading()
     }
 
     /// Decides for one connection accepted `now_ns` after the worker
@@ -175,11 +193,21 @@ impl AdmissionControl {
         counters: &mut crate::core::Counters,
         stream: &std::net::TcpStream,
     ) -> bool {
-        let overloaded = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
+        let lagging = self.lag.shedding();
+        let congested = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
             || spill_bytes > self.spill_budget / 2;
-        let retry_after_s = match self.gate.check(now_ns, overloaded) {
+        let retry_after_s = match self.gate.check(now_ns, lagging || congested) {
+            // A lagging worker is back within its hold: say so, rather than
+            // the --retry-after meant for a full or congested server (a
+            // reconnect wave shed for 5 s took 9 s to recover, not 2).
+            Gate::Busy { .. } if lagging && !congested => {
+                counters.shed += 1;
+                counters.shed_lag += 1;
+                crate::lag::RETRY_AFTER_S
+            }
             Gate::Busy { retry_after_s } => {
                 counters.shed += 1;
+                counters.shed_lag += u64::from(lagging);
                 retry_after_s
             }
             Gate::Admit if self.admission.try_admit() => return true,

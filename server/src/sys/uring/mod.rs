@@ -271,7 +271,9 @@ impl Worker {
         loop {
             let timeout = self.wait_timeout(Instant::now());
             self.enter(timeout)?;
-            let now = self.clock.tick_at(Instant::now());
+            let woke = Instant::now();
+            self.control.on_wake(self.clock.elapsed_ns(woke));
+            let now = self.clock.tick_at(woke);
             self.turn(now)?;
             if self
                 .accept_paused_until
@@ -447,6 +449,7 @@ impl Worker {
             &self.core.counters,
             self.core.sessions(),
             self.core.spill_bytes(),
+            self.control.lag(),
         );
     }
 
