@@ -207,8 +207,10 @@ pub struct Report {
     /// Sessions that were open in children that died (lost, not closed).
     #[serde(default)]
     pub sessions_lost: u64,
-    /// Listen-queue overflows (TcpExt ListenOverflows) since start, host-wide
-    /// in this network namespace: the overload signal behind fast reject.
+    /// Connections this process's listeners dropped since start (accept
+    /// queue full, SYN dropped: SO_MEMINFO drops per listener, summed; the
+    /// namespace's TcpExt ListenOverflows only where SO_MEMINFO is refused):
+    /// the overload signal behind fast reject.
     #[serde(default)]
     pub listen_overflows: u64,
     /// Per worker (one process), or per child process (supervisor).

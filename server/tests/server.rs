@@ -42,6 +42,7 @@ backend_tests!(
     accept_rate_sheds_the_excess_busy_and_spares_held_sessions,
     a_client_that_keeps_sending_after_its_protocol_error_harms_no_one,
     a_stalled_loop_sheds_new_connections_and_still_answers_held_ones,
+    listen_drops_are_counted_per_server_not_per_host,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -880,4 +881,48 @@ fn alive(pid: u32) -> bool {
         let after = &s[s.rfind(')').unwrap_or(0) + 2..];
         !after.starts_with('Z')
     })
+}
+
+/// A's listener overflows while A is stopped: A counts the drops, and B (a
+/// second server on the same host) counts none and sheds nobody. With the
+/// namespace-wide ListenOverflows counter B would refuse clients for A's
+/// backlog.
+fn listen_drops_are_counted_per_server_not_per_host(backend: Backend) {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    use socket2::{Domain, Socket, Type};
+    let _fds = light();
+    let quiet = ["--workers", "1", "--max-lag", "0s"];
+    let a = Server::start(backend, &[&quiet[..], &["--backlog", "1"]].concat());
+    let b = Server::start(backend, &quiet);
+    kill(a.pid, SIGSTOP);
+    let stalled = Instant::now();
+    while !all_threads_stopped(a.pid) {
+        assert!(stalled.elapsed() < Duration::from_secs(1), "not stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Backlog 1: two handshakes fit the queue, the rest of the SYNs drop.
+    let flood: Vec<Socket> = (0..8)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&a.addr.into()); // EINPROGRESS
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // B, meanwhile, admits and answers as usual.
+    let mut c = b.connect();
+    roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+    kill(a.pid, SIGCONT);
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(600)); // A's signal reads every 250 ms
+    let a_stats = a.stop().stats;
+    assert!(
+        a_stats["listen_overflows"].as_u64().unwrap() >= 1,
+        "{a_stats}"
+    );
+    roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+    let b_stats = b.stop().stats;
+    assert_eq!(b_stats["listen_overflows"], 0, "{b_stats}");
+    assert_eq!(b_stats["shed"], 0, "{b_stats}");
 }

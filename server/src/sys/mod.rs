@@ -304,6 +304,35 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     }
 }
 
+/// Packets the kernel dropped at this socket (SO_MEMINFO's
+/// SK_MEMINFO_DROPS). For a listener that is its own accept-queue
+/// overflows and SYN drops: `tcp_listendrop` counts them here as well as in
+/// the namespace-wide TcpExt ListenDrops.
+pub fn socket_drops(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a live, writable buffer of `len` bytes for the
+    // duration of the call, and `fd` is a valid descriptor borrowed for it.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) <= SK_MEMINFO_DROPS * 4 {
+        return Err(io::Error::other("SO_MEMINFO without a drops field"));
+    }
+    Ok(u64::from(info[SK_MEMINFO_DROPS]))
+}
+
 /// CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     use nix::sched::{sched_getaffinity, CpuSet};
