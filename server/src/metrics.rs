@@ -255,6 +255,18 @@ pub fn server_page(r: &Report) -> String {
         t.accept_errors_fd as f64,
     );
     e.one(
+        "c10m_server_recv_enobufs_total",
+        c,
+        "io_uring: multishot recvs ended because the provided-buffer ring ran dry (re-armed).",
+        t.recv_enobufs as f64,
+    );
+    e.one(
+        "c10m_server_recv_rearms_total",
+        c,
+        "io_uring: multishot recvs the kernel ended on an open session, re-armed.",
+        t.recv_rearms as f64,
+    );
+    e.one(
         "c10m_server_rss_bytes",
         g,
         "VmRSS, summed over the server's processes.",
@@ -328,6 +340,7 @@ mod tests {
         let w = Snapshot {
             sessions_open: 7,
             accepted: 9,
+            recv_enobufs: 3,
             ..Snapshot::default()
         };
         board.publish(server_page(&Report::new(
@@ -342,6 +355,8 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
         assert!(reply.contains("\nc10m_server_sessions_open 7\n"), "{reply}");
         assert!(reply.contains("\nc10m_server_accepted_total 9\n"));
+        assert!(reply.contains("\nc10m_server_recv_enobufs_total 3\n"));
+        assert!(reply.contains("\nc10m_server_recv_rearms_total 0\n"));
         assert!(reply.contains("c10m_server_closed_total{reason=\"peer\"} 0\n"));
         assert!(reply.contains("# TYPE c10m_server_accepted_total counter\n"));
     }

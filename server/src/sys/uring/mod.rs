@@ -34,7 +34,10 @@
 //!   IORING_CQE_F_MORE ends it; it is re-armed unless the session is
 //!   closed or write-blocked. ENOBUFS (the buffer ring ran dry) ends it
 //!   without consuming data: it is re-armed at the end of the turn, once
-//!   the turn's buffers are back.
+//!   the turn's buffers are back. Both are counted per worker
+//!   (`recv_enobufs`, `recv_rearms` in the stats line, JSON and metrics);
+//!   the hidden `--uring-buffers N --uring-buffer-size B` flags shrink the
+//!   ring so a test can run it dry.
 //! - `SEND_IN_FLIGHT`: a send is in flight. Sends carry MSG_DONTWAIT, so
 //!   they complete inside the enter that submits them (a full socket gives
 //!   a short count or EAGAIN, never a parked request), exactly one
@@ -115,6 +118,43 @@ pub const BUF_COUNT: u16 = 4096;
 /// most `--max-frame` (512 B by default); longer input spans buffers.
 pub const BUF_SIZE: u32 = 1024;
 const BGID: u16 = 0;
+
+/// The worker's provided-buffer ring: [`BUF_COUNT`] × [`BUF_SIZE`] unless
+/// set otherwise (the hidden `--uring-buffers` / `--uring-buffer-size`
+/// flags, for tests that must run the ring dry and for experiments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferRing {
+    /// A power of two, 1..=32768.
+    pub count: u16,
+    /// Bytes per buffer, at least 1.
+    pub size: u32,
+}
+
+impl Default for BufferRing {
+    fn default() -> Self {
+        BufferRing {
+            count: BUF_COUNT,
+            size: BUF_SIZE,
+        }
+    }
+}
+
+impl BufferRing {
+    /// Checks the values the kernel would refuse, in words.
+    pub fn new(count: u16, size: u32) -> Result<BufferRing, String> {
+        if !count.is_power_of_two() || count > 1 << 15 {
+            return Err(format!(
+                "io_uring buffer count {count} is not a power of two from 1 to 32768"
+            ));
+        }
+        if size == 0 || size > 1 << 20 {
+            return Err(format!(
+                "io_uring buffer size {size} is not from 1 byte to 1 MiB"
+            ));
+        }
+        Ok(BufferRing { count, size })
+    }
+}
 /// How long a stopping worker waits for its requests to complete.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -232,8 +272,13 @@ impl Worker {
             .mode
             .build(SQ_ENTRIES, CQ_ENTRIES)
             .map_err(context("creating the io_uring instance"))?;
-        let bufs = BufRing::new(&ring.submitter(), BGID, BUF_COUNT, BUF_SIZE)
-            .map_err(context("registering the provided-buffer ring"))?;
+        let bufs = BufRing::new(
+            &ring.submitter(),
+            BGID,
+            setup.uring_buffers.count,
+            setup.uring_buffers.size,
+        )
+        .map_err(context("registering the provided-buffer ring"))?;
         let clock = TickClock::new(setup.tick);
         let now = clock.tick_at(Instant::now());
         Ok(Worker {

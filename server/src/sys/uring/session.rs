@@ -102,6 +102,9 @@ impl Worker {
             self.deferred.push(cqe);
             return Ok(());
         }
+        // Ended by the kernel rather than by a cancel of ours: the re-arm
+        // below (or at the end of the turn, for ENOBUFS) is counted.
+        let kernel_ended = !more && self.io(key) & RECV_CANCELLED == 0 && -res != libc::ECANCELED;
         if !more {
             self.recvs_armed -= 1;
             self.set_io(key, RECV_ARMED | RECV_CANCELLED, false);
@@ -126,6 +129,8 @@ impl Worker {
         } else if -res == libc::ENOBUFS {
             // Nothing was read: the bytes wait in the socket for the re-arm,
             // once this turn has given its buffers back.
+            self.core.counters.recv_enobufs += 1;
+            self.core.counters.recv_rearms += 1;
             self.rearm.push(token);
             return Ok(());
         } else if !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
@@ -133,6 +138,9 @@ impl Worker {
             return Ok(());
         }
         if !more {
+            if kernel_ended && !self.core.is_write_blocked(key) {
+                self.core.counters.recv_rearms += 1;
+            }
             self.resume_reading(key);
         }
         Ok(())
