@@ -52,8 +52,10 @@
 //!   to 64 KiB; once the core says drained, the recv is re-armed.
 //! - Close: the record is freed at once (the generation in every
 //!   `user_data` makes later completions stale), then, in submission
-//!   order after any reply still to go, an ASYNC_CANCEL of every request on
-//!   the descriptor and an IORING_OP_CLOSE. Nothing the kernel may still
+//!   order after any reply still to go, an ASYNC_CANCEL of its armed recv
+//!   or POLLOUT by `user_data` (never by descriptor: the kernel walks
+//!   every armed poll of the ring for that, O(sessions) per close) and an
+//!   IORING_OP_CLOSE. Nothing the kernel may still
 //!   write is ever freed: buffers belong to the worker's ring, not to the
 //!   session, and a stale completion's buffer is simply given back.
 //!
