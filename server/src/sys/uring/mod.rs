@@ -70,23 +70,14 @@
 //! once with its inline completion, so a wake-up takes two enters.
 //!
 //! # Accept
-//! Multishot accept (descriptors are plain: the listener's TCP_NODELAY is
-//! inherited, and sockets stay visible in /proc and counted against
-//! RLIMIT_NOFILE like epoll's). EMFILE/ENFILE/ENOBUFS/ENOMEM end it: the
+//! Multishot accept (descriptors are plain, not fixed: the listener's
+//! TCP_NODELAY is inherited). EMFILE/ENFILE/ENOBUFS/ENOMEM end it: the
 //! worker counts `accept_errors_fd`, pauses accepting for
 //! [`ACCEPT_PAUSE`] (the enter's timeout) and re-arms; any other error
-//! that ends it also pauses, so nothing spins.
-//!
-//! # Fixed files
-//! Each worker registers a sparse fixed-file table (at most RLIMIT_NOFILE
-//! slots: the kernel's cap, which also caps the sessions a process can
-//! hold). An admitted session's socket is also put in slot = its key by a
-//! FILES_UPDATE SQE, and its sends name the slot (IOSQE_FIXED_FILE),
-//! sparing the per-send `fget` (~3 % of the server's CPU in the profile).
-//! On close a FILES_UPDATE empties the slot before the CLOSE; both updates
-//! go in submission order, so a key reused in the same turn gets its new
-//! socket after the old one left. Without a table (refused, or a key past
-//! it) a session simply uses its descriptor.
+//! that ends it also pauses, so nothing spins. Fixed (direct) descriptors
+//! are not used: they would save a descriptor-table lookup per request,
+//! but the fixed-file table is bounded by RLIMIT_NOFILE too, so they buy
+//! no sessions.
 //!
 //! # Shutdown and wake
 //! Another thread wakes the worker by writing its eventfd, on which a
@@ -258,14 +249,6 @@ struct Worker {
     deferred_spare: Vec<Cqe>,
     /// Recvs ended by ENOBUFS, re-armed at the end of the turn.
     rearm: Vec<crate::table::Token>,
-    /// Slots of the ring's fixed-file table (0: none registered); session
-    /// key k < this uses slot k ([`session::FIXED_SLOT`]).
-    fixed_files: u32,
-    /// Descriptors that queued FILES_UPDATE SQEs point at: boxed so they
-    /// stay put until the kernel has read them (the enter that submits
-    /// them), then dropped.
-    #[allow(clippy::vec_box)] // the box, not the Vec slot, must not move
-    fd_stage: Vec<Box<std::os::fd::RawFd>>,
     listener: Option<TcpListener>,
     wake_fd: Arc<OwnedFd>,
     core: SessionCore<OwnedFd>,
@@ -301,7 +284,6 @@ impl Worker {
             setup.uring_buffers.size,
         )
         .map_err(context("registering the provided-buffer ring"))?;
-        let fixed_files = register_fixed_files(&ring, setup.core.capacity);
         let clock = TickClock::new(setup.tick);
         let now = clock.tick_at(Instant::now());
         Ok(Worker {
@@ -315,8 +297,6 @@ impl Worker {
             deferred: Vec::new(),
             deferred_spare: Vec::new(),
             rearm: Vec::new(),
-            fixed_files,
-            fd_stage: Vec::new(),
             listener: Some(setup.listener),
             wake_fd,
             core: SessionCore::new(setup.core, now),
@@ -391,9 +371,7 @@ impl Worker {
             // SAFETY: every queued SQE points only at memory that stays
             // owned until its completion: provided buffers (the worker's
             // ring), staged replies (the arena, released on completion),
-            // descriptors for FILES_UPDATE (boxed in `fd_stage`, dropped
-            // only once the SQ is consumed, or a static), or nothing;
-            // descriptors stay open until a later CLOSE SQE.
+            // or nothing; descriptors stay open until a later CLOSE SQE.
             unsafe { sq.push_multiple(&self.pending[done..done + n]) }
                 .map_err(|_| io::Error::other("submission queue has no room after a check"))?;
             drop(sq);
@@ -412,12 +390,7 @@ impl Worker {
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        let entered = self.ring.submitter().submit_with_args(want.max(1), &args);
-        if self.pending.is_empty() && self.ring.submission().is_empty() {
-            // The kernel has consumed every SQE, FILES_UPDATEs included.
-            self.fd_stage.clear();
-        }
-        match entered {
+        match self.ring.submitter().submit_with_args(want.max(1), &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
@@ -592,26 +565,6 @@ impl Drop for Worker {
             std::mem::forget(self.bufs.take());
             self.arena.leak();
         }
-    }
-}
-
-/// Registers a sparse fixed-file table for the worker's sessions and
-/// returns its size, or 0 (plain descriptors everywhere) if the kernel
-/// refuses. The kernel caps the table at RLIMIT_NOFILE, which also caps
-/// the sessions a process holds, so the slots never run out before the
-/// descriptors do. Sockets stay ordinary descriptors as well (visible in
-/// /proc, counted against RLIMIT_NOFILE as before); the table only spares
-/// the per-send lookup. Kernel memory: ~8 bytes a slot.
-fn register_fixed_files(ring: &IoUring, capacity: usize) -> u32 {
-    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(0, |(soft, _)| soft);
-    let slots = nofile.min(capacity as u64).min(1 << 20) as u32;
-    if slots == 0 {
-        return 0;
-    }
-    match ring.submitter().register_files_sparse(slots) {
-        Ok(()) => slots,
-        Err(_) => 0,
     }
 }
 

@@ -19,14 +19,6 @@ pub(super) const RECV_CANCELLED: u8 = 2;
 pub(super) const SEND_IN_FLIGHT: u8 = 4;
 /// A one-shot POLLOUT is in flight (the session is write-blocked).
 pub(super) const POLL_OUT_ARMED: u8 = 8;
-/// The ring's fixed-file slot numbered by the session's key holds its
-/// socket: sends name the slot (IOSQE_FIXED_FILE), sparing the kernel a
-/// descriptor lookup (`fget`) per reply.
-pub(super) const FIXED_SLOT: u8 = 16;
-
-/// What a FILES_UPDATE that empties a slot reads (it must outlive the SQE:
-/// a static always does).
-static NO_FILE: std::os::fd::RawFd = -1;
 
 /// Most spilled bytes one flush send carries.
 const FLUSH_MAX: usize = 64 * 1024;
@@ -57,24 +49,10 @@ impl Worker {
             return; // dropping the stream closes it
         }
         let fd = OwnedFd::from(stream);
-        let raw = fd.as_raw_fd();
         let token = self.core.open(fd, now);
         if UserData::Recv(token).encode().is_none() {
             // A key past 2^30 cannot be told apart in user_data.
             return self.close(token.key(), CloseReason::Reset);
-        }
-        if token.key() < self.fixed_files {
-            // In submission order: after the update that emptied this slot
-            // for the key's previous session, before any send of this one.
-            let staged = Box::new(raw);
-            let update = opcode::FilesUpdate::new(&*staged, 1)
-                .offset(token.key() as i32)
-                .build()
-                .user_data(IGNORE)
-                .flags(squeue::Flags::SKIP_SUCCESS);
-            self.fd_stage.push(staged);
-            self.pending.push(update);
-            self.set_io(token.key(), FIXED_SLOT, true);
         }
         self.resume_reading(token.key());
     }
@@ -218,15 +196,10 @@ impl Worker {
             self.arena.release(staged);
             return self.close(key, CloseReason::Reset);
         };
-        let (buf, len) = (self.arena.ptr(staged, 0), staged.len() as u32);
-        let sqe = if self.io(key) & FIXED_SLOT != 0 {
-            opcode::Send::new(types::Fixed(key), buf, len)
-        } else {
-            opcode::Send::new(self.fd(key), buf, len)
-        }
-        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(ud);
+        let sqe = opcode::Send::new(self.fd(key), self.arena.ptr(staged, 0), staged.len() as u32)
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
         self.pending.push(sqe);
         self.pending_sends += 1;
         self.set_io(key, SEND_IN_FLIGHT, true);
@@ -359,17 +332,6 @@ impl Worker {
                     .flags(squeue::Flags::SKIP_SUCCESS);
                 self.pending.push(cancel);
             }
-        }
-        if io & FIXED_SLOT != 0 {
-            // Empty the slot before the close, or the table would keep the
-            // socket open; the next session at this key refills it later
-            // in the same submission order.
-            let update = opcode::FilesUpdate::new(&NO_FILE, 1)
-                .offset(key as i32)
-                .build()
-                .user_data(IGNORE)
-                .flags(squeue::Flags::SKIP_SUCCESS);
-            self.pending.push(update);
         }
         let close = opcode::Close::new(fd)
             .build()
