@@ -108,6 +108,13 @@ pub struct Counters {
     pub spilled_writes: u64,
     /// Accept calls that failed for lack of descriptors (EMFILE/ENFILE...).
     pub accept_errors_fd: u64,
+    /// io_uring only: multishot recvs ended by ENOBUFS (the worker's
+    /// provided-buffer ring ran dry). Nothing is read; each is re-armed.
+    pub recv_enobufs: u64,
+    /// io_uring only: multishot recvs the kernel ended (no F_MORE: ENOBUFS,
+    /// CQ overflow...) on a session still open, and re-armed. Cancels of
+    /// our own (write-blocked sessions, closes) are not counted.
+    pub recv_rearms: u64,
 }
 
 impl Counters {

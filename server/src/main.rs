@@ -119,6 +119,15 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 
+    /// io_uring: provided buffers per worker (a power of two up to 32768).
+    /// For tests and experiments: a tiny ring runs dry (ENOBUFS) at once.
+    #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_COUNT)]
+    uring_buffers: u16,
+
+    /// io_uring: bytes per provided buffer (longer input spans buffers).
+    #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_SIZE)]
+    uring_buffer_size: u32,
+
     /// Join a port other server processes already listen on (SO_REUSEPORT)
     /// instead of refusing it as in use (used by --procs children).
     #[arg(long, hide = true)]
@@ -214,6 +223,9 @@ fn config(cli: Cli) -> Result<ServerConfig> {
     if workers > 1024 {
         bail!("--workers {workers} is more than 1024");
     }
+    let uring_buffers =
+        c10m_server::sys::uring::BufferRing::new(cli.uring_buffers, cli.uring_buffer_size)
+            .map_err(anyhow::Error::msg)?;
     Ok(ServerConfig {
         listen: cli.listen,
         workers,
@@ -237,6 +249,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         } else {
             StatsFormat::Text
         },
+        uring_buffers,
     })
 }
 

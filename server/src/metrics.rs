@@ -285,6 +285,18 @@ pub fn server_page(r: &Report) -> String {
         t.accept_errors_fd as f64,
     );
     e.one(
+        "c10m_server_recv_enobufs_total",
+        c,
+        "io_uring: multishot recvs ended because the provided-buffer ring ran dry (re-armed).",
+        t.recv_enobufs as f64,
+    );
+    e.one(
+        "c10m_server_recv_rearms_total",
+        c,
+        "io_uring: multishot recvs the kernel ended on an open session, re-armed.",
+        t.recv_rearms as f64,
+    );
+    e.one(
         "c10m_server_rss_bytes",
         g,
         "VmRSS, summed over the server's processes.",
@@ -360,6 +372,7 @@ mod tests {
             accepted: 9,
             shed_lag: 3,
             loop_lag_max_us: 250_000,
+            recv_enobufs: 3,
             ..Snapshot::default()
         };
         board.publish(server_page(&Report::new(
@@ -379,6 +392,8 @@ mod tests {
             "{reply}"
         );
         assert!(reply.contains("\nc10m_server_loop_lag_max_seconds 0.25\n"));
+        assert!(reply.contains("\nc10m_server_recv_enobufs_total 3\n"));
+        assert!(reply.contains("\nc10m_server_recv_rearms_total 0\n"));
         assert!(reply.contains("c10m_server_closed_total{reason=\"peer\"} 0\n"));
         assert!(reply.contains("# TYPE c10m_server_accepted_total counter\n"));
     }

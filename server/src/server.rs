@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// `--backend`: io_uring, epoll, or the best the kernel offers.
     pub backend: sys::BackendChoice,
     pub stats_format: StatsFormat,
+    /// io_uring provided-buffer ring per worker (hidden flags; default
+    /// 4096 × 1 KiB).
+    pub uring_buffers: sys::uring::BufferRing,
 }
 
 /// How the periodic stats line is printed.
@@ -155,6 +158,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             ),
             stats: worker_stats,
             stop: stop.clone(),
+            uring_buffers: config.uring_buffers,
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }

@@ -33,6 +33,8 @@ pub struct WorkerStats {
     spilled_frames: AtomicU64,
     spilled_writes: AtomicU64,
     accept_errors_fd: AtomicU64,
+    recv_enobufs: AtomicU64,
+    recv_rearms: AtomicU64,
 }
 
 /// Counters and gauges at one moment: of one worker, or summed.
@@ -65,6 +67,12 @@ pub struct Snapshot {
     pub spilled_frames: u64,
     pub spilled_writes: u64,
     pub accept_errors_fd: u64,
+    /// io_uring: multishot recvs ended by an empty provided-buffer ring.
+    #[serde(default)]
+    pub recv_enobufs: u64,
+    /// io_uring: multishot recvs the kernel ended and the worker re-armed.
+    #[serde(default)]
+    pub recv_rearms: u64,
 }
 
 /// Sessions closed, by reason.
@@ -103,6 +111,8 @@ impl WorkerStats {
         self.spilled_frames.store(c.spilled_frames, Relaxed);
         self.spilled_writes.store(c.spilled_writes, Relaxed);
         self.accept_errors_fd.store(c.accept_errors_fd, Relaxed);
+        self.recv_enobufs.store(c.recv_enobufs, Relaxed);
+        self.recv_rearms.store(c.recv_rearms, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -133,6 +143,8 @@ impl WorkerStats {
             spilled_frames: self.spilled_frames.load(Relaxed),
             spilled_writes: self.spilled_writes.load(Relaxed),
             accept_errors_fd: self.accept_errors_fd.load(Relaxed),
+            recv_enobufs: self.recv_enobufs.load(Relaxed),
+            recv_rearms: self.recv_rearms.load(Relaxed),
         }
     }
 }
@@ -169,6 +181,8 @@ impl std::ops::AddAssign for Snapshot {
         self.spilled_frames += o.spilled_frames;
         self.spilled_writes += o.spilled_writes;
         self.accept_errors_fd += o.accept_errors_fd;
+        self.recv_enobufs += o.recv_enobufs;
+        self.recv_rearms += o.recv_rearms;
     }
 }
 
@@ -279,7 +293,7 @@ impl Report {
              shed_lag={} lag_shedding={} loop_lag_ms={:.1} loop_lag_max_ms={:.1} \
              closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{},frame_timeout:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
-             rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
+             enobufs={} rearms={} rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
             self.uptime_s,
             t.sessions_open,
             t.accepted,
@@ -303,6 +317,8 @@ impl Report {
             t.bytes_out,
             t.spill_bytes,
             t.accept_errors_fd,
+            t.recv_enobufs,
+            t.recv_rearms,
             self.rss_bytes,
             self.rss_bytes_per_session,
             self.cpu_user_s,
@@ -362,6 +378,8 @@ mod tests {
         let mut c = Counters {
             accepted: 5,
             heartbeats: 9,
+            recv_enobufs: 4,
+            recv_rearms: 6,
             ..Counters::default()
         };
         c.closed[CloseReason::Evicted as usize] = 2;
@@ -377,8 +395,12 @@ mod tests {
         assert_eq!((s.loop_lag_us, s.loop_lag_max_us), (700, 9000));
         assert_eq!((s.accepted, s.heartbeats, s.closed.evicted), (5, 9, 2));
         assert_eq!((s.sessions_open, s.spill_bytes), (3, 10));
+        assert_eq!((s.recv_enobufs, s.recv_rearms), (4, 6));
         let total: Snapshot = [s, s].into_iter().sum();
         assert_eq!((total.accepted, total.closed.evicted), (10, 4));
+        assert_eq!((total.recv_enobufs, total.recv_rearms), (8, 12));
+        let line = Report::new(vec![total], ProcessUsage::default(), 0).line(None);
+        assert!(line.contains(" enobufs=8 rearms=12 "), "{line}");
         assert_eq!((total.shed_lag, total.lag_shedding), (8, 2), "counts sum");
         let calm = Snapshot {
             loop_lag_us: 100,
@@ -418,6 +440,8 @@ mod tests {
             "rss_bytes_per_session",
             "cpu_user_s",
             "cpu_sys_s",
+            "recv_enobufs",
+            "recv_rearms",
         ] {
             assert!(json.get(key).is_some(), "missing key {key}");
         }

@@ -264,6 +264,11 @@ fn child_command(
         ])
         .args(["--stats-format", "json"])
         .args(["--backend", &backend_arg(config.backend)])
+        .args(["--uring-buffers", &config.uring_buffers.count.to_string()])
+        .args([
+            "--uring-buffer-size",
+            &config.uring_buffers.size.to_string(),
+        ])
         .arg("--stats-json")
         .arg(&slot.stats_path)
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
@@ -516,6 +521,7 @@ mod tests {
             join: false,
             stats_format: StatsFormat::Text,
             backend: Default::default(),
+            uring_buffers: Default::default(),
         }
     }
 

@@ -133,6 +133,8 @@ pub struct WorkerSetup {
     pub stats: Arc<WorkerStats>,
     /// Set by the server to stop every worker; each then closes its sessions.
     pub stop: Arc<AtomicBool>,
+    /// The io_uring worker's provided-buffer ring (epoll ignores it).
+    pub uring_buffers: uring::BufferRing,
 }
 
 /// Admission of accepted connections, the same for every backend: the

@@ -34,7 +34,10 @@
 //!   IORING_CQE_F_MORE ends it; it is re-armed unless the session is
 //!   closed or write-blocked. ENOBUFS (the buffer ring ran dry) ends it
 //!   without consuming data: it is re-armed at the end of the turn, once
-//!   the turn's buffers are back.
+//!   the turn's buffers are back. Both are counted per worker
+//!   (`recv_enobufs`, `recv_rearms` in the stats line, JSON and metrics);
+//!   the hidden `--uring-buffers N --uring-buffer-size B` flags shrink the
+//!   ring so a test can run it dry.
 //! - `SEND_IN_FLIGHT`: a send is in flight. Sends carry MSG_DONTWAIT, so
 //!   they complete inside the enter that submits them (a full socket gives
 //!   a short count or EAGAIN, never a parked request), exactly one
@@ -49,8 +52,10 @@
 //!   to 64 KiB; once the core says drained, the recv is re-armed.
 //! - Close: the record is freed at once (the generation in every
 //!   `user_data` makes later completions stale), then, in submission
-//!   order after any reply still to go, an ASYNC_CANCEL of every request on
-//!   the descriptor and an IORING_OP_CLOSE. Nothing the kernel may still
+//!   order after any reply still to go, an ASYNC_CANCEL of its armed recv
+//!   or POLLOUT by `user_data` (never by descriptor: the kernel walks
+//!   every armed poll of the ring for that, O(sessions) per close) and an
+//!   IORING_OP_CLOSE. Nothing the kernel may still
 //!   write is ever freed: buffers belong to the worker's ring, not to the
 //!   session, and a stale completion's buffer is simply given back.
 //!
@@ -115,6 +120,43 @@ pub const BUF_COUNT: u16 = 4096;
 /// most `--max-frame` (512 B by default); longer input spans buffers.
 pub const BUF_SIZE: u32 = 1024;
 const BGID: u16 = 0;
+
+/// The worker's provided-buffer ring: [`BUF_COUNT`] × [`BUF_SIZE`] unless
+/// set otherwise (the hidden `--uring-buffers` / `--uring-buffer-size`
+/// flags, for tests that must run the ring dry and for experiments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferRing {
+    /// A power of two, 1..=32768.
+    pub count: u16,
+    /// Bytes per buffer, at least 1.
+    pub size: u32,
+}
+
+impl Default for BufferRing {
+    fn default() -> Self {
+        BufferRing {
+            count: BUF_COUNT,
+            size: BUF_SIZE,
+        }
+    }
+}
+
+impl BufferRing {
+    /// Checks the values the kernel would refuse, in words.
+    pub fn new(count: u16, size: u32) -> Result<BufferRing, String> {
+        if !count.is_power_of_two() || count > 1 << 15 {
+            return Err(format!(
+                "io_uring buffer count {count} is not a power of two from 1 to 32768"
+            ));
+        }
+        if size == 0 || size > 1 << 20 {
+            return Err(format!(
+                "io_uring buffer size {size} is not from 1 byte to 1 MiB"
+            ));
+        }
+        Ok(BufferRing { count, size })
+    }
+}
 /// How long a stopping worker waits for its requests to complete.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -197,6 +239,9 @@ struct Worker {
     sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
+    /// How many of `pending` are sends (each completes inside the enter
+    /// that submits it, so that enter waits for one completion more).
+    pending_sends: usize,
     cqes: Vec<Cqe>,
     /// Recv completions held back until their session's send completed.
     deferred: Vec<Cqe>,
@@ -232,8 +277,13 @@ impl Worker {
             .mode
             .build(SQ_ENTRIES, CQ_ENTRIES)
             .map_err(context("creating the io_uring instance"))?;
-        let bufs = BufRing::new(&ring.submitter(), BGID, BUF_COUNT, BUF_SIZE)
-            .map_err(context("registering the provided-buffer ring"))?;
+        let bufs = BufRing::new(
+            &ring.submitter(),
+            BGID,
+            setup.uring_buffers.count,
+            setup.uring_buffers.size,
+        )
+        .map_err(context("registering the provided-buffer ring"))?;
         let clock = TickClock::new(setup.tick);
         let now = clock.tick_at(Instant::now());
         Ok(Worker {
@@ -242,6 +292,7 @@ impl Worker {
             arena: SendArena::with_resident_chunk(),
             sends: Slab::new(),
             pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
+            pending_sends: 0,
             cqes: resident(CQ_ENTRIES as usize, Cqe::default()),
             deferred: Vec::new(),
             deferred_spare: Vec::new(),
@@ -304,8 +355,17 @@ impl Worker {
     }
 
     /// Pushes the queued SQEs (submitting early if the SQ fills), then
-    /// submits and waits for one completion or `timeout`.
+    /// submits and waits for one new completion or `timeout`.
+    ///
+    /// "New" means beyond the sends this enter submits: a send carries
+    /// MSG_DONTWAIT and completes inside the enter, so waiting for just one
+    /// completion returned at once with the sends' own, and every wake-up
+    /// took a second enter to sleep. Waiting for `sends + 1` sleeps in the
+    /// same enter. Held-back recvs (waiting for these very sends) need no
+    /// new completion: then the wait is for the sends only.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        let inline = std::mem::take(&mut self.pending_sends);
+        let want = inline + usize::from(self.deferred.is_empty());
         let mut done = 0;
         while done < self.pending.len() {
             let mut sq = self.ring.submission();
@@ -326,10 +386,13 @@ impl Worker {
                 }
             }
         }
+        // An SQ that could not take everything (CQ overflow): the sends
+        // left for later are not counted, the wait is for any completion.
+        let want = if done < self.pending.len() { 1 } else { want };
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        match self.ring.submitter().submit_with_args(want.max(1), &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
