@@ -239,9 +239,6 @@ struct Worker {
     sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
-    /// How many of `pending` are sends (each completes inside the enter
-    /// that submits it, so that enter waits for one completion more).
-    pending_sends: usize,
     cqes: Vec<Cqe>,
     /// Recv completions held back until their session's send completed.
     deferred: Vec<Cqe>,
@@ -292,7 +289,6 @@ impl Worker {
             arena: SendArena::with_resident_chunk(),
             sends: Slab::new(),
             pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
-            pending_sends: 0,
             cqes: resident(CQ_ENTRIES as usize, Cqe::default()),
             deferred: Vec::new(),
             deferred_spare: Vec::new(),
@@ -353,17 +349,8 @@ impl Worker {
     }
 
     /// Pushes the queued SQEs (submitting early if the SQ fills), then
-    /// submits and waits for one new completion or `timeout`.
-    ///
-    /// "New" means beyond the sends this enter submits: a send carries
-    /// MSG_DONTWAIT and completes inside the enter, so waiting for just one
-    /// completion returned at once with the sends' own, and every wake-up
-    /// took a second enter to sleep. Waiting for `sends + 1` sleeps in the
-    /// same enter. Held-back recvs (waiting for these very sends) need no
-    /// new completion: then the wait is for the sends only.
+    /// submits and waits for one completion or `timeout`.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
-        let inline = std::mem::take(&mut self.pending_sends);
-        let want = inline + usize::from(self.deferred.is_empty());
         let mut done = 0;
         while done < self.pending.len() {
             let mut sq = self.ring.submission();
@@ -384,13 +371,10 @@ impl Worker {
                 }
             }
         }
-        // An SQ that could not take everything (CQ overflow): the sends
-        // left for later are not counted, the wait is for any completion.
-        let want = if done < self.pending.len() { 1 } else { want };
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want.max(1), &args) {
+        match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
