@@ -60,14 +60,15 @@
 //!   session, and a stale completion's buffer is simply given back.
 //!
 //! # Measured (results/backends: 6 alternating pairs, one worker, 15 000
-//! loopback sessions, 60 000 heartbeats/s)
-//! Server CPU per heartbeat 0.89× epoll on the medians (0.98 on the median
-//! pair, pairs 0.77–1.14); CPU per accepted connection 0.79×; RSS per
-//! session equal (32 B, the slab entry). About three quarters of the cost
-//! is kernel TCP work and wake-ups, the same for both; each request here
-//! still pays an `fget` and runs as task work. At low load (one reply per
-//! wake-up) uring costs ~1.1×: the enter that submits a send returns at
-//! once with its inline completion, so a wake-up takes two enters.
+//! loopback sessions, 60 000 heartbeats/s; re-measured for issue 6)
+//! Server CPU per heartbeat 1.03× epoll on the medians (pairs 0.93–1.13;
+//! 0.89× in the first measurement, within that spread); RSS per session
+//! equal (32 B, the slab entry). About three quarters of the cost is
+//! kernel TCP work and wake-ups, the same for both. Tried and reverted
+//! (figures in results/backends/README.md): waiting for sends + 1
+//! completions so a wake-up takes one enter instead of two (0.88×, but
+//! heartbeat bursts grew the pending-SQE and send tables: 39.5 B per
+//! session), and fixed-file sends (no measurable gain).
 //!
 //! # Accept
 //! Multishot accept (descriptors are plain, not fixed: the listener's
