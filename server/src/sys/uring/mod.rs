@@ -60,14 +60,15 @@
 //!   session, and a stale completion's buffer is simply given back.
 //!
 //! # Measured (results/backends: 6 alternating pairs, one worker, 15 000
-//! loopback sessions, 60 000 heartbeats/s)
-//! Server CPU per heartbeat 0.89× epoll on the medians (0.98 on the median
-//! pair, pairs 0.77–1.14); CPU per accepted connection 0.79×; RSS per
-//! session equal (32 B, the slab entry). About three quarters of the cost
-//! is kernel TCP work and wake-ups, the same for both; each request here
-//! still pays an `fget` and runs as task work. At low load (one reply per
-//! wake-up) uring costs ~1.1×: the enter that submits a send returns at
-//! once with its inline completion, so a wake-up takes two enters.
+//! loopback sessions, 60 000 heartbeats/s; re-measured for issue 6)
+//! Server CPU per heartbeat 1.03× epoll on the medians (pairs 0.93–1.13;
+//! 0.89× in the first measurement, within that spread); RSS per session
+//! equal (32 B, the slab entry). About three quarters of the cost is
+//! kernel TCP work and wake-ups, the same for both. Tried and reverted
+//! (figures in results/backends/README.md): waiting for sends + 1
+//! completions so a wake-up takes one enter instead of two (0.88×, but
+//! heartbeat bursts grew the pending-SQE and send tables: 39.5 B per
+//! session), and fixed-file sends (no measurable gain).
 //!
 //! # Accept
 //! Multishot accept (descriptors are plain, not fixed: the listener's
@@ -239,9 +240,6 @@ struct Worker {
     sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
-    /// How many of `pending` are sends (each completes inside the enter
-    /// that submits it, so that enter waits for one completion more).
-    pending_sends: usize,
     cqes: Vec<Cqe>,
     /// Recv completions held back until their session's send completed.
     deferred: Vec<Cqe>,
@@ -292,7 +290,6 @@ impl Worker {
             arena: SendArena::with_resident_chunk(),
             sends: Slab::new(),
             pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
-            pending_sends: 0,
             cqes: resident(CQ_ENTRIES as usize, Cqe::default()),
             deferred: Vec::new(),
             deferred_spare: Vec::new(),
@@ -355,17 +352,8 @@ impl Worker {
     }
 
     /// Pushes the queued SQEs (submitting early if the SQ fills), then
-    /// submits and waits for one new completion or `timeout`.
-    ///
-    /// "New" means beyond the sends this enter submits: a send carries
-    /// MSG_DONTWAIT and completes inside the enter, so waiting for just one
-    /// completion returned at once with the sends' own, and every wake-up
-    /// took a second enter to sleep. Waiting for `sends + 1` sleeps in the
-    /// same enter. Held-back recvs (waiting for these very sends) need no
-    /// new completion: then the wait is for the sends only.
+    /// submits and waits for one completion or `timeout`.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
-        let inline = std::mem::take(&mut self.pending_sends);
-        let want = inline + usize::from(self.deferred.is_empty());
         let mut done = 0;
         while done < self.pending.len() {
             let mut sq = self.ring.submission();
@@ -386,13 +374,10 @@ impl Worker {
                 }
             }
         }
-        // An SQ that could not take everything (CQ overflow): the sends
-        // left for later are not counted, the wait is for any completion.
-        let want = if done < self.pending.len() { 1 } else { want };
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(want.max(1), &args) {
+        match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
