@@ -14,10 +14,13 @@
 //!
 //! - **Classes**: weighted; each has its own interval and jitter (uniform in
 //!   `interval × (1 ± jitter)`, so the mean interval is exact).
-//! - **First heartbeat**: a session opened by the ramp sends its first
-//!   heartbeat at a uniform phase in `[0, interval)` so the load is flat;
-//!   a session that *re*connects starts a regular interval after connecting,
-//!   as a client's keepalive timer does.
+//! - **First heartbeat** ([`FirstBeat`]): by default a session opened by
+//!   the ramp sends its first heartbeat at a uniform phase in
+//!   `[0, interval)` so the load is flat from the start (a population that
+//!   was already connected); with `first_heartbeat = "interval"` it waits
+//!   one jittered interval, as after a mass reconnect (a server restart:
+//!   every client's keepalive timer starts when it connects). A session
+//!   that *re*connects always starts a regular interval after connecting.
 //! - **Churn**: each connection lives an exponential or log-normal time, then
 //!   the client closes and reconnects after a jittered delay.
 //! - **Storms**: a fraction of sessions send one extra heartbeat inside a
@@ -132,6 +135,16 @@ enum Stream {
     Retry,
 }
 
+/// When a ramp session sends its first heartbeat; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstBeat {
+    /// A uniform phase in `[0, interval)` after connecting: flat load.
+    #[default]
+    Spread,
+    /// One jittered interval after connecting: a reconnect wave.
+    Interval,
+}
+
 /// The population's behaviour; see the module docs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatModel {
@@ -143,6 +156,7 @@ pub struct HeartbeatModel {
     pub drain: Option<Drain>,
     /// When heartbeats stop (end of the last phase).
     pub end_ms: u32,
+    pub first: FirstBeat,
 }
 
 /// Why a planned close happens; decides whether and when to reconnect.
@@ -169,6 +183,7 @@ impl HeartbeatModel {
             outages: Vec::new(),
             drain: None,
             end_ms,
+            first: FirstBeat::Spread,
         }
     }
 
@@ -194,10 +209,10 @@ impl HeartbeatModel {
     }
 
     /// First heartbeat of a connection made at `connected_ms`. `first_life`
-    /// is true for the ramp's connection (uniform phase), false for a
-    /// reconnect (one regular interval).
+    /// is true for the ramp's connection (a uniform phase, unless
+    /// [`FirstBeat::Interval`]), false for a reconnect (one regular interval).
     pub fn first_beat(&self, sid: u64, class: u8, connected_ms: u32, first_life: bool) -> u32 {
-        if first_life {
+        if first_life && self.first == FirstBeat::Spread {
             let c = self.class(class);
             let phase = (self.unit(Stream::Phase, sid, 0) * f64::from(c.interval_ms)) as u32;
             self.storm_before(sid, connected_ms, connected_ms.saturating_add(phase.max(1)))

@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 use crate::cli::{parse_duration, parse_fraction, RunArgs};
-use crate::model::{Churn, ClientClass, Drain, HeartbeatModel, Lifetime, Outage, Storm};
+use crate::model::{Churn, ClientClass, Drain, FirstBeat, HeartbeatModel, Lifetime, Outage, Storm};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -74,6 +74,7 @@ struct ScenarioFile {
     hold: Option<Dur>,
     heartbeat: Option<Dur>,
     jitter: Option<Frac>,
+    first_heartbeat: Option<String>,
     source: Option<String>,
     threads: Option<usize>,
     procs: Option<toml::Value>,
@@ -186,12 +187,19 @@ pub struct RunConfig {
     pub seed: u64,
     pub grace_ms: u64,
     pub classes: Vec<ClassConfig>,
+    /// "spread" or "interval" (see [`FirstBeat`]).
+    #[serde(default = "default_first_heartbeat")]
+    pub first_heartbeat: String,
     pub churn: Option<ChurnConfig>,
     pub phases: Vec<PhaseConfig>,
     pub thresholds: Thresholds,
     pub out: Option<PathBuf>,
     pub server_pid: Option<u32>,
     pub progress: String,
+}
+
+fn default_first_heartbeat() -> String {
+    "spread".into()
 }
 
 /// Phase boundaries of a run, in ms since the epoch.
@@ -322,6 +330,10 @@ impl RunConfig {
             seed: args.seed.or(file.seed).unwrap_or(1),
             grace_ms: flag_or_file(args.grace, file.grace).unwrap_or(5_000),
             classes,
+            first_heartbeat: file
+                .first_heartbeat
+                .clone()
+                .unwrap_or_else(default_first_heartbeat),
             churn,
             phases,
             thresholds: Thresholds {
@@ -349,6 +361,13 @@ impl RunConfig {
         }
         if self.connect_timeout_ms == 0 {
             bail!("--connect-timeout must be positive");
+        }
+        if !matches!(self.first_heartbeat.as_str(), "spread" | "interval") {
+            bail!(
+                "first_heartbeat {:?}: expected \"spread\" (a uniform phase in the first \
+                 interval) or \"interval\" (one interval after connecting)",
+                self.first_heartbeat
+            );
         }
         for c in &self.classes {
             if c.heartbeat_ms < 10 || c.heartbeat_ms > MAX_RUN_MS {
@@ -438,6 +457,10 @@ impl RunConfig {
     pub fn model(&self) -> HeartbeatModel {
         let tl = self.timeline();
         let mut m = HeartbeatModel::fixed(self.seed, 1, 0.0, tl.end_ms);
+        m.first = match self.first_heartbeat.as_str() {
+            "interval" => FirstBeat::Interval,
+            _ => FirstBeat::Spread, // validate() allows only the two
+        };
         m.classes = self
             .classes
             .iter()

@@ -3,7 +3,7 @@
 //! It runs an hour of a model in well under a second and without sockets.
 #![forbid(unsafe_code)]
 
-use crate::model::HeartbeatModel;
+use crate::model::{FirstBeat, HeartbeatModel};
 use crate::session::{ClientSession, Step};
 use crate::wheel::DeadlineWheel;
 
@@ -23,8 +23,9 @@ pub struct SimReport {
 /// until `until_ms`; calls `on_beat(sid, intended_ms)` for every heartbeat.
 ///
 /// Expected heartbeats per connection of duration D at interval I: D / I
-/// for the ramp's connection (uniform first phase), D / I − ½ for a
-/// reconnect (first beat one interval in: a renewal count), and +½ for each
+/// for the ramp's connection with a uniform first phase, D / I − ½ for a
+/// reconnect or a [`FirstBeat::Interval`] ramp connection (first beat one
+/// interval in: a renewal count), and +½ for each
 /// storm beat (it pulls the schedule in by half an interval on average).
 pub fn simulate(
     model: &HeartbeatModel,
@@ -50,7 +51,8 @@ pub fn simulate(
         let d = f64::from(now - since.0);
         let interval = f64::from(model.classes[usize::from(s.class())].interval_ms);
         r.connected_ms += d;
-        r.expected_heartbeats += d / interval + if since.1 { 0.0 } else { -0.5 };
+        let spread = since.1 && model.first == FirstBeat::Spread;
+        r.expected_heartbeats += d / interval + if spread { 0.0 } else { -0.5 };
     };
 
     loop {

@@ -38,6 +38,35 @@ fn fixed_interval_hour_fires_the_right_count() {
 }
 
 #[test]
+fn interval_first_beat_waits_one_jittered_interval_after_the_connect() {
+    let mut m = HeartbeatModel::fixed(1, 30_000, 0.1, HOUR);
+    m.first = FirstBeat::Interval;
+    assert_hour_matches(&m, 5_000, 0);
+    // All 3 000 sessions connect in the first 3 ms (rate 1e6/s): nothing
+    // fires before 27 s, every first beat lands in 27..=33 s, spread over
+    // that window rather than piled on one instant.
+    let mut per_second = vec![0u32; 40];
+    simulate(&m, 3_000, 1e6, 40_000, |_, t| {
+        per_second[(t / 1_000) as usize] += 1
+    });
+    assert!(per_second[..27].iter().all(|&n| n == 0), "{per_second:?}");
+    assert_eq!(
+        per_second[27..34].iter().sum::<u32>(),
+        3_000,
+        "{per_second:?}"
+    );
+    assert!(
+        per_second[27..33].iter().all(|&n| (300..=700).contains(&n)),
+        "{per_second:?}"
+    );
+    // A spread model, same seed: first beats start at once.
+    m.first = FirstBeat::Spread;
+    let mut early = 0;
+    simulate(&m, 3_000, 1e6, 1_000, |_, _| early += 1);
+    assert!(early > 50, "{early}");
+}
+
+#[test]
 fn weighted_classes_hour_fires_the_right_count() {
     let class = |name: &str, weight, secs: u32| ClientClass {
         name: name.into(),

@@ -115,4 +115,26 @@ fn bad_files_say_what_is_wrong() {
     );
     check("[churn]\nlifetime = \"weibull\"\nmean = \"1m\"", "lifetime");
     check("procs = \"many\"", "--procs");
+    check("first_heartbeat = \"soon\"", "expected \"spread\"");
+}
+
+#[test]
+fn first_heartbeat_is_spread_unless_the_file_says_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let resolve = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        RunConfig::resolve(&args(&["--scenario", path.to_str().unwrap()])).unwrap()
+    };
+    let c = resolve("sessions = 10");
+    assert_eq!(c.first_heartbeat, "spread");
+    assert_eq!(c.model().first, FirstBeat::Spread);
+    let c = resolve("sessions = 10\nfirst_heartbeat = \"interval\"");
+    assert_eq!(c.model().first, FirstBeat::Interval);
+    // Children get the config as JSON; one written before the key existed
+    // still reads.
+    let mut json = serde_json::to_value(&c).unwrap();
+    json.as_object_mut().unwrap().remove("first_heartbeat");
+    let old: RunConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.model().first, FirstBeat::Spread);
 }
