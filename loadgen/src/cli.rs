@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Exit 3 unless at least this many sessions are held at the end of the hold.
     #[arg(long)]
     pub expect_sessions: Option<u64>,
+    /// Exit 3 unless every ramp session was open at least this long before
+    /// the hold ended (a ramp slower than planned shortens the full hold).
+    #[arg(long, value_parser = parse_duration)]
+    pub expect_hold: Option<Duration>,
     /// Exit 3 if the RTT p99 exceeds this.
     #[arg(long, value_parser = parse_duration)]
     pub max_p99: Option<Duration>,

@@ -205,6 +205,11 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
         "peak": peak("sessions_open", "/sessions/peak"),
         "held_at_end": sum("/sessions/held_at_end"),
         "closed_planned": sum("/sessions/closed_planned"),
+        // All open when the slowest run had all its sessions open.
+        "all_open_ms": runs.iter().map(|r| r.summary.pointer("/sessions/all_open_ms")?.as_u64())
+            .collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max()),
+        "full_hold_ms": runs.iter().map(|r| r.summary.pointer("/sessions/full_hold_ms")?.as_u64())
+            .collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min()),
     });
     let ramp_seconds = runs
         .iter()

@@ -154,6 +154,12 @@ pub fn summary(o: &RunOutcome) -> Value {
     } else {
         "taken in the last second of the hold".to_string()
     };
+    // When the ramp's last session opened, if every one did (ms since the
+    // run's epoch), and so how long the whole population was held before
+    // the hold ended.
+    let all_open_ms = (c.ramp_connected >= o.config.sessions && o.config.sessions > 0)
+        .then(|| c.ramp_last_us.div_ceil(1_000));
+    let full_hold_ms = all_open_ms.map(|t| u64::from(tl.hold_end_ms).saturating_sub(t));
     let mut s = json!({
         "config": o.config,
         "host": o.host,
@@ -166,6 +172,8 @@ pub fn summary(o: &RunOutcome) -> Value {
             "peak": o.peak_open,
             "held_at_end": c.held_at_end,
             "closed_planned": c.closes_planned,
+            "all_open_ms": all_open_ms,
+            "full_hold_ms": full_hold_ms,
         },
         "connect": {
             "ok": c.connects_ok,
@@ -325,6 +333,23 @@ pub fn threshold_failures(config: &RunConfig, summary: &Value) -> Vec<String> {
             ));
         }
     }
+    if let Some(want) = t.expect_hold_ms {
+        match summary
+            .pointer("/sessions/full_hold_ms")
+            .and_then(Value::as_u64)
+        {
+            Some(held) if held >= want => {}
+            Some(held) => failed.push(format!(
+                "--expect-hold {want}ms: every session was open only {held} ms before the hold \
+                 ended (the ramp finished at {} ms)",
+                get("/sessions/all_open_ms")
+            )),
+            None => failed.push(format!(
+                "--expect-hold {want}ms: the ramp never had all {} sessions open",
+                get("/sessions/target")
+            )),
+        }
+    }
     if let Some(max) = t.max_p99_us {
         let p99 = get("/rtt_us/p99");
         let count = get("/rtt_us/count");
@@ -350,7 +375,16 @@ pub fn table(s: &Value) -> String {
     let mut rows: Vec<(String, String)> = vec![
         (
             "sessions held / target".into(),
-            format!("{} / {}", u("/sessions/held_at_end"), u("/sessions/target")),
+            match s.pointer("/sessions/full_hold_ms").and_then(Value::as_u64) {
+                Some(full) => format!(
+                    "{} / {} (all open from {:.1} s: held {:.1} s to the hold's end)",
+                    u("/sessions/held_at_end"),
+                    u("/sessions/target"),
+                    u("/sessions/all_open_ms") as f64 / 1e3,
+                    full as f64 / 1e3
+                ),
+                None => format!("{} / {}", u("/sessions/held_at_end"), u("/sessions/target")),
+            },
         ),
         (
             "connect rate: ramp / peak second".into(),

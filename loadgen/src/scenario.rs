@@ -123,6 +123,7 @@ struct PhaseFile {
 #[serde(deny_unknown_fields)]
 struct ThresholdsFile {
     expect_sessions: Option<u64>,
+    expect_hold: Option<Dur>,
     max_p99: Option<Dur>,
     max_errors: Option<u64>,
 }
@@ -162,6 +163,9 @@ pub struct PhaseConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub expect_sessions: Option<u64>,
+    /// Every ramp session open at least this long before the hold ends.
+    #[serde(default)]
+    pub expect_hold_ms: Option<u64>,
     pub max_p99_us: Option<u64>,
     pub max_errors: Option<u64>,
 }
@@ -338,6 +342,7 @@ impl RunConfig {
             phases,
             thresholds: Thresholds {
                 expect_sessions: args.expect_sessions.or(file.thresholds.expect_sessions),
+                expect_hold_ms: flag_or_file(args.expect_hold, file.thresholds.expect_hold),
                 max_p99_us: args
                     .max_p99
                     .map(|d| d.as_micros() as u64)

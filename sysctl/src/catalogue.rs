@@ -64,6 +64,29 @@ pub static CATALOGUE: &[KeySpec] = &[
                for the ramp.",
     },
     KeySpec {
+        key: "net.ipv4.tcp_child_ehash_entries",
+        // 0 (share the initial namespace's table) or 128..=16 Mi, rounded
+        // up to a power of two by the kernel.
+        kind: ValueKind::int(0, 16_777_216),
+        what: "Size of the established-connection hash table given to each network \
+               namespace created AFTER it is set (0: new namespaces share the \
+               initial namespace's table, sized once at boot: 262,144 buckets on a \
+               24 GiB host). Every segment received looks its socket up in this table; \
+               a loopback million is 2 M sockets, ~8 per bucket, and the chain walk \
+               was 6-7% of all CPU. A campaign run in its own namespace created after \
+               setting 2,097,152 gets ~1 socket per bucket, for 16 MiB.",
+    },
+    KeySpec {
+        key: "net.ipv4.tcp_no_metrics_save",
+        kind: ValueKind::int(0, 1),
+        what: "1: do not cache per-destination TCP metrics (RTT, cwnd) when a \
+               connection closes. The cache is keyed by (source, destination) \
+               address; a loadgen spreading over 65,536 loopback sources fills it \
+               with 65,536 entries in a 16,384-bucket table that every connect \
+               then searches (2% of a million-session ramp's CPU). Loopback has \
+               nothing to learn from it.",
+    },
+    KeySpec {
         key: "net.ipv4.tcp_syncookies",
         kind: ValueKind::int(0, 2),
         what: "SYN cookies: 1 = only when the SYN backlog overflows (default), \

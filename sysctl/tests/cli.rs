@@ -17,6 +17,8 @@ const VM_DEFAULTS: &[(&str, &str)] = &[
     ("fs.epoll.max_user_watches", "5491378"),
     ("net.core.somaxconn", "4096"),
     ("net.ipv4.tcp_max_syn_backlog", "2048"),
+    ("net.ipv4.tcp_child_ehash_entries", "0"),
+    ("net.ipv4.tcp_no_metrics_save", "0"),
     ("net.core.netdev_max_backlog", "1000"),
     ("net.ipv4.ip_local_port_range", "32768\t60999"),
     ("net.ipv4.ip_local_reserved_ports", ""),
@@ -144,7 +146,7 @@ fn check_exit_codes_and_json() {
     let mismatch = stand_in.run(&["check", "loopback-testbed"]);
     assert_eq!(mismatch.code, 1, "{}", mismatch.stdout);
     assert!(mismatch.stdout.contains("MISMATCH"));
-    assert!(mismatch.stdout.contains("11 of 11 keys differ"));
+    assert!(mismatch.stdout.contains("13 of 13 keys differ"));
 
     let json = stand_in
         .run(&["check", "loopback-testbed", "--json"])
@@ -203,7 +205,7 @@ fn apply_then_rollback_twice_restores_everything() {
 
     let applied = stand_in.run(&["apply", "loopback-testbed"]);
     assert_eq!(applied.code, 0, "{}", applied.stderr);
-    assert!(applied.stdout.contains("11 keys changed"));
+    assert!(applied.stdout.contains("13 keys changed"));
     assert_eq!(
         stand_in.get("net.ipv4.ip_local_reserved_ports"),
         "7000-7099"

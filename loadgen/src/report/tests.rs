@@ -179,3 +179,35 @@ fn per_session_memory_is_withheld_when_the_sample_saw_under_half_the_target() {
         "{note}"
     );
 }
+
+#[test]
+fn expect_hold_counts_from_when_the_last_ramp_session_opened() {
+    // 100 sessions, hold 60 s after a 1 s nominal ramp: the hold ends at
+    // 61 000 ms. The last ramp session opened at 20.5 s: held 40.5 s.
+    let mut o = outcome(100, 0, 500);
+    o.config.thresholds.expect_hold_ms = Some(40_000);
+    o.counters.ramp_connected = 100;
+    o.counters.ramp_first_us = 1_000;
+    o.counters.ramp_last_us = 20_500_000;
+    let s = summary(&o);
+    assert_eq!(s["timeline_ms"]["hold_end"], 61_000);
+    assert_eq!(s["sessions"]["all_open_ms"], 20_500);
+    assert_eq!(s["sessions"]["full_hold_ms"], 40_500);
+    assert!(threshold_failures(&o.config, &s).is_empty());
+    assert!(table(&s).contains("all open from 20.5 s: held 40.5 s"), "{}", table(&s));
+
+    o.config.thresholds.expect_hold_ms = Some(45_000);
+    let failed = threshold_failures(&o.config, &summary(&o));
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains("open only 40500 ms") && failed[0].contains("finished at 20500 ms"),
+        "{failed:?}"
+    );
+
+    // One ramp session never opened: no full hold at all.
+    o.counters.ramp_connected = 99;
+    let s = summary(&o);
+    assert!(s["sessions"]["full_hold_ms"].is_null());
+    let failed = threshold_failures(&o.config, &s);
+    assert!(failed[0].contains("never had all 100 sessions open"), "{failed:?}");
+}
