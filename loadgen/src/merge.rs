@@ -234,6 +234,12 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
         "rate_per_s_peak": peak("heartbeats_answered_per_s", "/heartbeats/rate_per_s_peak"),
     });
     s["rtt_us"] = hist("rtt", "/rtt_us");
+    // Each run's full-population window is its own; their union is not
+    // kept (the hlogs hold every interval, to recompute one if needed).
+    if let Some(obj) = s.as_object_mut() {
+        obj.remove("rtt_us_full_hold");
+        obj.remove("send_lag_us_full_hold");
+    }
     s["send_lag_us"] = hist("send_lag", "/send_lag_us");
     let mut errors = Map::new();
     let mut hints = Map::new();

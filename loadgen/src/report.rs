@@ -68,6 +68,10 @@ pub struct RunOutcome {
     pub threads: usize,
     pub counters: Counters,
     pub histos: Histos,
+    /// The intervals after every ramp session was open, up to the hold's
+    /// end: the latency of the full population under its heartbeat load,
+    /// without the ramp or the drain.
+    pub full_hold: Histos,
     pub first_errors: BTreeMap<String, String>,
     pub peak_open: u64,
     pub connect_rate_peak: u64,
@@ -193,6 +197,8 @@ pub fn summary(o: &RunOutcome) -> Value {
             "rate_per_s_peak": o.heartbeat_rate_peak,
         },
         "rtt_us": percentiles(&o.histos.rtt),
+        "rtt_us_full_hold": percentiles(&o.full_hold.rtt),
+        "send_lag_us_full_hold": percentiles(&o.full_hold.send_lag),
         "send_lag_us": percentiles(&o.histos.send_lag),
         "errors": errors,
         "error_hints": error_hints,
@@ -394,6 +400,15 @@ pub fn table(s: &Value) -> String {
                 u("/connect/ramp_sessions_opened"),
                 f("/connect/ramp_duration_ms").unwrap_or(0.0),
                 u("/connect/rate_per_s_peak")
+            ),
+        ),
+        (
+            "RTT p50 / p99, all open, in the hold".into(),
+            format!(
+                "{} us / {} us over {} replies",
+                u("/rtt_us_full_hold/p50"),
+                u("/rtt_us_full_hold/p99"),
+                u("/rtt_us_full_hold/count")
             ),
         ),
         (

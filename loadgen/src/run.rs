@@ -263,6 +263,10 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let (mut peak_open, mut conn_peak, mut hb_peak) = (0u64, 0u64, 0u64);
     let (mut ramp_seconds, mut ramp_connects, mut ramp_done) = (0u64, 0u64, false);
     let mut window_start: Option<Sample> = None;
+    // Rows after the one in which the last ramp session opened, up to the
+    // hold's end, add into `full_hold`.
+    let mut full_hold = Histos::new();
+    let mut all_open = false;
     let mut held: Option<Sample> = None;
     let mut held_sample_ms = 0u64;
     let mut stop_sent = false;
@@ -312,6 +316,10 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
                 .map_or(0, |p| rss_sum(&host::process_tree(p))),
         };
         totals.add(&snap.histos);
+        if all_open && t_s * 1_000 <= u64::from(tl.hold_end_ms) {
+            full_hold.add(&snap.histos);
+        }
+        all_open = all_open || c.ramp_connected >= config.sessions;
         if let Some(board) = &metrics {
             board.publish(crate::metrics::page(config.sessions, &c, &totals.rtt, &row));
         }
@@ -362,6 +370,7 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         procs,
         threads,
         histos: totals,
+        full_hold,
         first_errors: snap.first_errors.clone(),
         peak_open,
         connect_rate_peak: conn_peak,

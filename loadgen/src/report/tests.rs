@@ -30,6 +30,7 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
         threads: 2,
         counters,
         histos,
+        full_hold: Histos::new(),
         first_errors: BTreeMap::new(),
         peak_open: held,
         connect_rate_peak: 100,
@@ -189,12 +190,27 @@ fn expect_hold_counts_from_when_the_last_ramp_session_opened() {
     o.counters.ramp_connected = 100;
     o.counters.ramp_first_us = 1_000;
     o.counters.ramp_last_us = 20_500_000;
+    for _ in 0..99 {
+        o.full_hold.rtt.record(700).unwrap();
+    }
+    o.full_hold.rtt.record(90_000).unwrap();
     let s = summary(&o);
+    assert_eq!(s["rtt_us_full_hold"]["count"], 100);
+    assert_eq!(s["rtt_us_full_hold"]["p50"], 700);
+    assert!(
+        table(&s).contains("all open, in the hold") && table(&s).contains("over 100 replies"),
+        "{}",
+        table(&s)
+    );
     assert_eq!(s["timeline_ms"]["hold_end"], 61_000);
     assert_eq!(s["sessions"]["all_open_ms"], 20_500);
     assert_eq!(s["sessions"]["full_hold_ms"], 40_500);
     assert!(threshold_failures(&o.config, &s).is_empty());
-    assert!(table(&s).contains("all open from 20.5 s: held 40.5 s"), "{}", table(&s));
+    assert!(
+        table(&s).contains("all open from 20.5 s: held 40.5 s"),
+        "{}",
+        table(&s)
+    );
 
     o.config.thresholds.expect_hold_ms = Some(45_000);
     let failed = threshold_failures(&o.config, &summary(&o));
@@ -209,5 +225,8 @@ fn expect_hold_counts_from_when_the_last_ramp_session_opened() {
     let s = summary(&o);
     assert!(s["sessions"]["full_hold_ms"].is_null());
     let failed = threshold_failures(&o.config, &s);
-    assert!(failed[0].contains("never had all 100 sessions open"), "{failed:?}");
+    assert!(
+        failed[0].contains("never had all 100 sessions open"),
+        "{failed:?}"
+    );
 }
