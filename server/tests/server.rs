@@ -51,10 +51,7 @@ fn holds_15000_sessions_and_answers_each(backend: Backend) {
     const N: usize = 15_000;
     let _fds = heavy();
     let server = Server::start(backend, &["--workers", "2"]);
-    let mut clients = Vec::with_capacity(N);
-    for _ in 0..N {
-        clients.push(server.connect());
-    }
+    let mut clients = server.connect_paced(N);
     for (i, c) in clients.iter_mut().enumerate() {
         write!(c, "PING {i}\r\n").unwrap();
     }
@@ -316,7 +313,7 @@ fn closing_a_session_costs_the_same_with_many_held(backend: Backend) {
     const CLOSES: usize = 3_000;
     let _fds = heavy();
     let server = Server::start(backend, &["--workers", "1"]);
-    let held: Vec<TcpStream> = (0..HELD).map(|_| server.connect()).collect();
+    let held = server.connect_paced(HELD);
     server.wait_stat("open", |v| v == HELD as u64, Duration::from_secs(20));
     let before = server.cpu_seconds();
     let oversize = format!("PING {}\r\n", "x".repeat(2_000));
@@ -855,7 +852,7 @@ fn supervisor_sums_children_restarts_a_killed_one_and_stops_all(backend: Backend
     );
     let children = children_of(server.pid);
     assert_eq!(children.len(), 3, "{children:?}");
-    let mut clients: Vec<TcpStream> = (0..N).map(|_| server.connect()).collect();
+    let mut clients = server.connect_paced(N);
     for c in clients.iter_mut() {
         roundtrip(c, b"PING\r\n", b"+PONG\r\n");
     }

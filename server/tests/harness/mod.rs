@@ -64,6 +64,9 @@ impl Backend {
     }
 }
 
+/// Connections opened per step by [`Server::connect_paced`].
+pub const PACE_CHUNK: usize = 1_000;
+
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
@@ -157,6 +160,25 @@ impl Server {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         s
+    }
+
+    /// Opens `n` sessions in chunks of [`PACE_CHUNK`], each chunk only once
+    /// the server has accepted the ones before (its 100 ms stats line), so
+    /// the accept queue never holds more than a chunk. A test that is not
+    /// about overload must not overflow the listen queue (4 096 by default):
+    /// on 2 cores shared with other tests the worker can be off the CPU
+    /// for a while, and the server rightly answers an overflowing burst
+    /// `-ERR BUSY` (the listen-drop signal), which such a test would
+    /// misread as lost sessions.
+    pub fn connect_paced(&self, n: usize) -> Vec<TcpStream> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let chunk = PACE_CHUNK.min(n - out.len());
+            out.extend((0..chunk).map(|_| self.connect()));
+            let want = out.len() as u64;
+            self.wait_stat("accepted", |v| v >= want, Duration::from_secs(20));
+        }
+        out
     }
 
     /// Waits for a stats line whose `key=` value satisfies `pred`; returns it.
