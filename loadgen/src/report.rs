@@ -72,6 +72,9 @@ pub struct RunOutcome {
     /// end: the latency of the full population under its heartbeat load,
     /// without the ramp or the drain.
     pub full_hold: Histos,
+    /// Where the CPU window starts: "all sessions open", or the nominal
+    /// ramp end when the ramp never completed.
+    pub cpu_window_from: &'static str,
     pub first_errors: BTreeMap<String, String>,
     pub peak_open: u64,
     pub connect_rate_peak: u64,
@@ -220,11 +223,12 @@ pub fn summary(o: &RunOutcome) -> Value {
             "sessions_measured": o.loadgen.sessions,
             "cpu_us_per_heartbeat": o.loadgen_cpu.us_per_heartbeat(),
             "cpu_s_in_window": round1(o.loadgen_cpu.cpu_s),
+            "cpu_window_from": o.cpu_window_from,
             "processes": o.loadgen.processes,
             "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
                        hold, minus the same processes warmed up with 0 sessions, / sessions open; \
                        CPU = utime+stime of those processes over the server's CPU window / \
-                       heartbeats answered in it",
+                       heartbeats answered in it (cpu_window_from)",
         },
     });
     if let Some(server) = &o.server {
@@ -238,12 +242,14 @@ pub fn summary(o: &RunOutcome) -> Value {
                 round1(server.cpu_s * 1e6 / server.heartbeats as f64)
             } else { 0.0 },
             "cpu_window_s": round1(server.window_s),
+            "cpu_window_from": o.cpu_window_from,
             "heartbeats_in_window": server.heartbeats,
             "method": "VmRSS summed over the server's process tree (--server-pid and every \
                        descendant: a supervisor and all its children) during the hold, minus the \
                        same tree warm with 0 sessions, / sessions open; CPU = utime+stime of the \
-                       tree over the hold (includes kernel work in the server's context) / \
-                       heartbeats answered in it",
+                       tree over the hold from the first sample with every session open (else \
+                       from the nominal end of the ramp: cpu_window_from; includes kernel work in \
+                       the server's context) / heartbeats answered in it",
         });
     }
     if let Some(k) = &o.kernel {

@@ -262,7 +262,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let mut prev = Counters::default();
     let (mut peak_open, mut conn_peak, mut hb_peak) = (0u64, 0u64, 0u64);
     let (mut ramp_seconds, mut ramp_connects, mut ramp_done) = (0u64, 0u64, false);
+    // The CPU window: from the first sample past the nominal ramp end with
+    // every ramp session open (connect work would otherwise be charged to
+    // the heartbeats), else, if the ramp never completes before the hold
+    // ends, from the first sample past the nominal ramp end.
     let mut window_start: Option<Sample> = None;
+    let mut nominal_start: Option<Sample> = None;
     // Rows after the one in which the last ramp session opened, up to the
     // hold's end, add into `full_hold`.
     let mut full_hold = Histos::new();
@@ -339,8 +344,13 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             ramp_done = c.open >= config.sessions || t_s * 1_000 >= u64::from(tl.ramp_end_ms);
         }
         let sample_ms = t_s * 1_000 + 150;
-        if window_start.is_none() && sample_ms >= u64::from(tl.ramp_end_ms) {
-            window_start = Some(sample(&pids, config.server_pid, &c, false));
+        if sample_ms >= u64::from(tl.ramp_end_ms) && held.is_none() {
+            if nominal_start.is_none() {
+                nominal_start = Some(sample(&pids, config.server_pid, &c, false));
+            }
+            if window_start.is_none() && c.ramp_connected >= config.sessions {
+                window_start = Some(sample(&pids, config.server_pid, &c, false));
+            }
         }
         // The last row inside the hold (or, after a late wake-up, the first
         // past its end, which the summary then flags).
@@ -359,6 +369,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         }
         second = t_s + 1;
     }
+    let cpu_window_from = if window_start.is_some() {
+        "all sessions open"
+    } else {
+        "nominal end of the ramp (not every session opened)"
+    };
+    let window_start = window_start.or(nominal_start);
     let joined = fleet.join(&mut snap, Instant::now() + Duration::from_secs(30));
     progress.finish();
     totals.add(&snap.histos);
@@ -371,6 +387,7 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         threads,
         histos: totals,
         full_hold,
+        cpu_window_from,
         first_errors: snap.first_errors.clone(),
         peak_open,
         connect_rate_peak: conn_peak,

@@ -222,6 +222,14 @@ fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
     assert_eq!(num(&s, "/heartbeats/answered"), sent);
     assert_eq!(num(&s, "/rtt_us/count"), sent);
     assert!(num(&s, "/rtt_us/p50") > 0);
+    // All 10 000 opened within the nominal 1 s ramp: the full hold starts
+    // after it, and so does the CPU window.
+    let all_open = num(&s, "/sessions/all_open_ms");
+    assert!((1..=1_500).contains(&all_open), "{all_open}");
+    assert!(num(&s, "/sessions/full_hold_ms") >= 2_500);
+    assert!(num(&s, "/rtt_us_full_hold/count") > 0);
+    assert!(num(&s, "/rtt_us_full_hold/count") < sent);
+    assert_eq!(s["loadgen"]["cpu_window_from"], "all sessions open");
     let timeline = std::fs::read_to_string(dir.path().join("timeline.csv")).unwrap();
     assert!(timeline.lines().count() >= 5, "{timeline}");
     for log in ["rtt.hlog", "connect.hlog", "send_lag.hlog"] {

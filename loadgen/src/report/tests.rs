@@ -31,6 +31,7 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
         counters,
         histos,
         full_hold: Histos::new(),
+        cpu_window_from: "all sessions open",
         first_errors: BTreeMap::new(),
         peak_open: held,
         connect_rate_peak: 100,
@@ -79,6 +80,7 @@ fn summary_has_the_design_schema_and_the_thresholds_pass() {
         assert!(s.pointer(key).is_some(), "{key}");
     }
     assert_eq!(s["loadgen"]["rss_bytes_per_session"], 32.0);
+    assert_eq!(s["loadgen"]["cpu_window_from"], "all sessions open");
     assert!(s["loadgen"]["rss_anon_bytes_per_session"].is_null());
     assert!(threshold_failures(&o.config, &s).is_empty());
     let t = table(&s);
@@ -170,6 +172,7 @@ fn per_session_memory_is_withheld_when_the_sample_saw_under_half_the_target() {
     o.loadgen.held_bytes = 1_000_000 + 50 * 32;
     let s = summary(&o);
     assert_eq!(s["loadgen"]["rss_bytes_per_session"], 32.0);
+    assert_eq!(s["loadgen"]["cpu_window_from"], "all sessions open");
     // A sample taken after the hold ended is flagged.
     o.monitor.held_sample_ms = u64::from(o.config.timeline().hold_end_ms) + 2_500;
     let note = summary(&o)["monitor"]["held_sample_note"].clone();
