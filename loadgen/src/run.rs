@@ -346,12 +346,15 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             ramp_done = c.open >= config.sessions || t_s * 1_000 >= u64::from(tl.ramp_end_ms);
         }
         let sample_ms = t_s * 1_000 + 150;
-        if sample_ms >= u64::from(tl.ramp_end_ms) && held.is_none() {
-            if nominal_start.is_none() {
-                nominal_start = Some(sample(&pids, config.server_pid, &c, false));
-            }
-            if window_start.is_none() && c.ramp_connected >= config.sessions {
-                window_start = Some(sample(&pids, config.server_pid, &c, false));
+        if sample_ms >= u64::from(tl.ramp_end_ms) && held.is_none() && window_start.is_none() {
+            let ramp_complete = c.ramp_connected >= config.sessions;
+            if ramp_complete || nominal_start.is_none() {
+                let s = Some(sample(&pids, config.server_pid, &c, false));
+                if ramp_complete {
+                    window_start = s;
+                } else {
+                    nominal_start = s;
+                }
             }
         }
         // The last row inside the hold (or, after a late wake-up, the first
