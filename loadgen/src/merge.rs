@@ -171,6 +171,12 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
             .filter_map(|r| r.summary.pointer(p).and_then(Value::as_f64))
             .fold(0.0, f64::max)
     };
+    // Every run's value, or None when a run lacks it.
+    let each = |p: &str| -> Option<Vec<u64>> {
+        runs.iter()
+            .map(|r| r.summary.pointer(p).and_then(Value::as_u64))
+            .collect()
+    };
     let peak = |col: &str, fallback: &str| -> u64 {
         match &out.timeline {
             Some(t) if t.column(col).is_some() => {
@@ -206,10 +212,8 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
         "held_at_end": sum("/sessions/held_at_end"),
         "closed_planned": sum("/sessions/closed_planned"),
         // All open when the slowest run had all its sessions open.
-        "all_open_ms": runs.iter().map(|r| r.summary.pointer("/sessions/all_open_ms")?.as_u64())
-            .collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max()),
-        "full_hold_ms": runs.iter().map(|r| r.summary.pointer("/sessions/full_hold_ms")?.as_u64())
-            .collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min()),
+        "all_open_ms": each("/sessions/all_open_ms").and_then(|v| v.into_iter().max()),
+        "full_hold_ms": each("/sessions/full_hold_ms").and_then(|v| v.into_iter().min()),
     });
     let ramp_seconds = runs
         .iter()
