@@ -409,15 +409,6 @@ pub fn table(s: &Value) -> String {
             ),
         ),
         (
-            "RTT p50 / p99, all open, in the hold".into(),
-            format!(
-                "{} us / {} us over {} replies",
-                u("/rtt_us_full_hold/p50"),
-                u("/rtt_us_full_hold/p99"),
-                u("/rtt_us_full_hold/count")
-            ),
-        ),
-        (
             "connect latency p50 / p99".into(),
             format!(
                 "{} us / {} us",
@@ -444,6 +435,21 @@ pub fn table(s: &Value) -> String {
             bytes(f("/loadgen/rss_bytes_per_session")),
         ),
     ];
+    // Absent from a merged summary, empty when the ramp never completed.
+    if u("/rtt_us_full_hold/count") > 0 {
+        rows.insert(
+            2,
+            (
+                "RTT p50 / p99, all open, in the hold".into(),
+                format!(
+                    "{} us / {} us over {} replies",
+                    u("/rtt_us_full_hold/p50"),
+                    u("/rtt_us_full_hold/p99"),
+                    u("/rtt_us_full_hold/count")
+                ),
+            ),
+        );
+    }
     if s.pointer("/server/pid").is_some() {
         let v = f("/server/rss_bytes_per_session");
         rows.push(("server RSS per session".into(), bytes(v)));
