@@ -128,6 +128,11 @@ struct Cli {
     #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_SIZE)]
     uring_buffer_size: u32,
 
+    /// io_uring: most completions one loop turn takes (the rest wait for
+    /// the next turn). For tests that must exercise a capped turn.
+    #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::TURN_MAX)]
+    uring_turn_max: usize,
+
     /// Join a port other server processes already listen on (SO_REUSEPORT)
     /// instead of refusing it as in use (used by --procs children).
     #[arg(long, hide = true)]
@@ -226,6 +231,13 @@ fn config(cli: Cli) -> Result<ServerConfig> {
     let uring_buffers =
         c10m_server::sys::uring::BufferRing::new(cli.uring_buffers, cli.uring_buffer_size)
             .map_err(anyhow::Error::msg)?;
+    if !(1..=c10m_server::sys::uring::TURN_MAX).contains(&cli.uring_turn_max) {
+        bail!(
+            "--uring-turn-max {} is not from 1 to {}",
+            cli.uring_turn_max,
+            c10m_server::sys::uring::TURN_MAX
+        );
+    }
     Ok(ServerConfig {
         listen: cli.listen,
         workers,
@@ -250,6 +262,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
             StatsFormat::Text
         },
         uring_buffers,
+        uring_turn_max: cli.uring_turn_max,
     })
 }
 

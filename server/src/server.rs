@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// io_uring provided-buffer ring per worker (hidden flags; default
     /// 4096 × 1 KiB).
     pub uring_buffers: sys::uring::BufferRing,
+    /// Most completions an io_uring turn takes (hidden flag; default
+    /// [`sys::uring::TURN_MAX`]).
+    pub uring_turn_max: usize,
 }
 
 /// How the periodic stats line is printed.
@@ -159,6 +162,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             stats: worker_stats,
             stop: stop.clone(),
             uring_buffers: config.uring_buffers,
+            uring_turn_max: config.uring_turn_max,
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }

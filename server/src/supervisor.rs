@@ -269,6 +269,7 @@ fn child_command(
             "--uring-buffer-size",
             &config.uring_buffers.size.to_string(),
         ])
+        .args(["--uring-turn-max", &config.uring_turn_max.to_string()])
         .arg("--stats-json")
         .arg(&slot.stats_path)
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
@@ -522,6 +523,7 @@ mod tests {
             stats_format: StatsFormat::Text,
             backend: Default::default(),
             uring_buffers: Default::default(),
+            uring_turn_max: crate::sys::uring::TURN_MAX,
         }
     }
 

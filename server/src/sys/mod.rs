@@ -135,6 +135,8 @@ pub struct WorkerSetup {
     pub stop: Arc<AtomicBool>,
     /// The io_uring worker's provided-buffer ring (epoll ignores it).
     pub uring_buffers: uring::BufferRing,
+    /// Most completions an io_uring turn takes, 1..=[`uring::TURN_MAX`].
+    pub uring_turn_max: usize,
 }
 
 /// Admission of accepted connections, the same for every backend: the

@@ -8,10 +8,15 @@
 //! SINGLE_ISSUER | DEFER_TASKRUN where the kernel has it (6.1), else
 //! SINGLE_ISSUER | COOP_TASKRUN, else plain ([`SetupMode`], chosen by
 //! [`probe`]). The ring is created on the worker thread, the only one that
-//! ever submits. Each turn is one `io_uring_enter(to_submit, min_complete
-//! = 1, EXT_ARG timeout)`: it submits every SQE the previous turn queued
-//! (an SQ that fills mid-turn is submitted early) and waits for the next
-//! completion, the next wheel tick, or the end of an accept pause.
+//! ever submits. Each turn is one `io_uring_enter(to_submit, min_complete,
+//! EXT_ARG timeout)`: it submits every SQE the previous turn queued (an SQ
+//! that fills mid-turn is submitted early) and waits for the next
+//! completion, the next wheel tick, or the end of an accept pause. The
+//! replies it submits complete inside that same enter (MSG_DONTWAIT), so
+//! `min_complete` is their number plus one: one enter per wake-up, where
+//! waiting for 1 returned at once with the sends' own completions and took
+//! a second enter to sleep. A turn takes at most [`TURN_MAX`] completions
+//! (1024) and leaves the rest for the next, which then does not sleep.
 //!
 //! # Memory (per worker, fixed, all resident from start-up)
 //! - provided buffers: [`BUF_COUNT`] × [`BUF_SIZE`] = 4096 × 1 KiB = 4 MiB,
@@ -21,6 +26,12 @@
 //!   use the same 4 MiB.
 //! - SQ 2048 × 64 B + CQ 8192 × 16 B = 256 KiB (mapped from the kernel).
 //! - send arena: one 64 KiB chunk in steady state ([`sendbuf`]).
+//! - the turn's tables, resident from start-up: 2048 queued SQEs, 2048
+//!   sends in flight, 3 × 1024 copied completions (~240 KiB). The
+//!   [`TURN_MAX`] cap keeps a burst within them: a turn of 1024
+//!   completions queues at most ~2 SQEs each. Uncapped, a burst of 4 000
+//!   heartbeats in one turn doubled them after the RSS baseline (+8 B per
+//!   session at 15 000).
 //!
 //! Per session: the 28-byte [`Session`](crate::table::Session) record and
 //! nothing else in user space (its `io` byte, in what was padding, holds
@@ -59,16 +70,17 @@
 //!   write is ever freed: buffers belong to the worker's ring, not to the
 //!   session, and a stale completion's buffer is simply given back.
 //!
-//! # Measured (results/backends: 6 alternating pairs, one worker, 15 000
-//! loopback sessions, 60 000 heartbeats/s; re-measured for issue 6)
-//! Server CPU per heartbeat 1.03× epoll on the medians (pairs 0.93–1.13;
-//! 0.89× in the first measurement, within that spread); RSS per session
-//! equal (32 B, the slab entry). About three quarters of the cost is
-//! kernel TCP work and wake-ups, the same for both. Tried and reverted
-//! (figures in results/backends/README.md): waiting for sends + 1
-//! completions so a wake-up takes one enter instead of two (0.88×, but
-//! heartbeat bursts grew the pending-SQE and send tables: 39.5 B per
-//! session), and fixed-file sends (no measurable gain).
+//! # Measured (results/backends: alternating pairs, one worker, 15 000
+//! loopback sessions, 60 000 heartbeats/s)
+//! Server CPU per heartbeat about equal to epoll's (ratios 0.99–1.07 on
+//! the medians across hosts and days, pair-to-pair spread ±7 %); RSS per
+//! session equal or lower (31.9 vs 32.5 B: the slab entry). About 85 % of
+//! the cost is kernel TCP work and wake-ups, the same for both; the event
+//! interface is 15–16 % of it on either backend (perf, in the README).
+//! Tried and not kept: fixed-file sends (no measurable gain), and a
+//! bounded batch wait (IORING_FEAT_MIN_TIMEOUT: 16 completions or 200 µs;
+//! 1.20× epoll against 1.07× without, the same session: the sends' own
+//! completions end every min-wait, so each turn became a timer wake-up).
 //!
 //! # Accept
 //! Multishot accept (descriptors are plain, not fixed: the listener's
@@ -158,6 +170,13 @@ impl BufferRing {
         Ok(BufferRing { count, size })
     }
 }
+
+/// Most completions one turn takes from the CQ; the rest wait for the
+/// next turn. It bounds what a turn queues (sends, re-arms: a few per
+/// completion) so that the SQE and send tables stay within what is
+/// resident from start-up, whatever the burst.
+pub const TURN_MAX: usize = 1024;
+
 /// How long a stopping worker waits for its requests to complete.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -223,6 +242,21 @@ fn resident<T: Clone>(capacity: usize, fill: T) -> Vec<T> {
     v
 }
 
+/// A slab whose first `capacity` entries are resident now (see [`resident`]).
+fn resident_slab(capacity: usize) -> Slab<SendRecord> {
+    let mut slab = Slab::with_capacity(capacity);
+    let fill = SendRecord {
+        token: crate::table::Token(0),
+        staged: Staged::default(),
+        flush: false,
+    };
+    for _ in 0..capacity {
+        slab.insert(fill);
+    }
+    slab.clear();
+    slab
+}
+
 /// A send in flight: which session, and the staged bytes it reads.
 #[derive(Debug, Clone, Copy)]
 struct SendRecord {
@@ -240,6 +274,13 @@ struct Worker {
     sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
+    /// How many of `pending` are sends: each completes inside the enter
+    /// that submits it, so that enter waits for that many more.
+    pending_sends: usize,
+    /// The last turn left completions in the CQ ([`TURN_MAX`]).
+    leftover: bool,
+    /// Most completions a turn takes: [`TURN_MAX`] unless a test says less.
+    turn_max: usize,
     cqes: Vec<Cqe>,
     /// Recv completions held back until their session's send completed.
     deferred: Vec<Cqe>,
@@ -288,11 +329,14 @@ impl Worker {
             ring,
             bufs: Some(bufs),
             arena: SendArena::with_resident_chunk(),
-            sends: Slab::new(),
+            sends: resident_slab(SQ_ENTRIES as usize),
             pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
-            cqes: resident(CQ_ENTRIES as usize, Cqe::default()),
-            deferred: Vec::new(),
-            deferred_spare: Vec::new(),
+            pending_sends: 0,
+            leftover: false,
+            turn_max: setup.uring_turn_max.clamp(1, TURN_MAX),
+            cqes: resident(TURN_MAX, Cqe::default()),
+            deferred: resident(TURN_MAX, Cqe::default()),
+            deferred_spare: resident(TURN_MAX, Cqe::default()),
             rearm: Vec::new(),
             listener: Some(setup.listener),
             wake_fd,
@@ -352,8 +396,17 @@ impl Worker {
     }
 
     /// Pushes the queued SQEs (submitting early if the SQ fills), then
-    /// submits and waits for one completion or `timeout`.
+    /// submits and waits for the next new completion or `timeout`.
+    ///
+    /// "New" means beyond the sends this enter submits: a send carries
+    /// MSG_DONTWAIT and completes inside the enter, so waiting for one
+    /// completion would return at once with the sends' own and every
+    /// wake-up would take a second enter to sleep. The wait counts
+    /// completions in the CQ, which the last turn emptied: it is for the
+    /// sends plus one. With completions left in the CQ, or recvs held back
+    /// for these very sends, it does not sleep at all.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
+        let sends = std::mem::take(&mut self.pending_sends);
         let mut done = 0;
         while done < self.pending.len() {
             let mut sq = self.ring.submission();
@@ -374,10 +427,15 @@ impl Worker {
                 }
             }
         }
+        // Not settled: an SQ that could not take everything (CQ overflow:
+        // the sends left for later will not complete in this enter), CQEs
+        // the last turn left, or held-back recvs: return at once.
+        let settled = done == self.pending.len() && !self.leftover && self.deferred.is_empty();
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let want = if settled { sends + 1 } else { 1 };
+        match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
@@ -389,7 +447,10 @@ impl Worker {
     fn turn(&mut self, now: u32) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(self.ring.completion().map(Cqe::from));
+        let mut cq = self.ring.completion();
+        cqes.extend(cq.by_ref().take(self.turn_max).map(Cqe::from));
+        self.leftover = !cq.is_empty();
+        drop(cq);
         for cqe in &cqes {
             if let UserData::Send(slot) = UserData::decode(cqe.user_data) {
                 self.on_send(slot, cqe.result);

@@ -17,7 +17,7 @@ use std::ptr;
 pub const CHUNK: usize = 64 * 1024;
 
 /// Where a staged reply lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Staged {
     chunk: u32,
     off: u32,

@@ -201,6 +201,7 @@ impl Worker {
             .build()
             .user_data(ud);
         self.pending.push(sqe);
+        self.pending_sends += 1;
         self.set_io(key, SEND_IN_FLIGHT, true);
     }
 
