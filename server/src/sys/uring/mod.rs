@@ -72,11 +72,12 @@
 //!
 //! # Measured (results/backends: alternating pairs, one worker, 15 000
 //! loopback sessions, 60 000 heartbeats/s)
-//! Server CPU per heartbeat about equal to epoll's (ratios 0.99–1.07 on
-//! the medians across hosts and days, pair-to-pair spread ±7 %); RSS per
-//! session equal or lower (31.9 vs 32.5 B: the slab entry). About 85 % of
-//! the cost is kernel TCP work and wake-ups, the same for both; the event
-//! interface is 15–16 % of it on either backend (perf, in the README).
+//! Server CPU per heartbeat 1.08× epoll's on the current host at 60 000
+//! and 100 000 heartbeats/s (1.03× on the earlier AMD host; pair-to-pair
+//! spread ±8 %); RSS per session lower (31.9 vs 32.5 B: the slab entry).
+//! About three quarters of the cost is kernel TCP work and wake-ups, the
+//! same for both; the event interface is 15–17 % of it on either backend
+//! (perf, in results/backends/README.md).
 //! Tried and not kept: fixed-file sends (no measurable gain), and a
 //! bounded batch wait (IORING_FEAT_MIN_TIMEOUT: 16 completions or 200 µs;
 //! 1.20× epoll against 1.07× without, the same session: the sends' own
