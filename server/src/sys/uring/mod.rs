@@ -29,9 +29,9 @@
 //! - the turn's tables, resident from start-up: 2048 queued SQEs, 2048
 //!   sends in flight, 3 × 1024 copied completions (~240 KiB). The
 //!   [`TURN_MAX`] cap keeps a burst within them: a turn of 1024
-//!   completions queues at most ~2 SQEs each. Uncapped, a burst of 4 000
-//!   heartbeats in one turn doubled them after the RSS baseline (+8 B per
-//!   session at 15 000).
+//!   completions queues at most ~2 SQEs each. Uncapped, a turn of over
+//!   2 048 heartbeats grew both past 2 048 entries (4 096 seen) after the
+//!   RSS baseline: +8 B per session at 15 000.
 //!
 //! Per session: the 28-byte [`Session`](crate::table::Session) record and
 //! nothing else in user space (its `io` byte, in what was padding, holds
@@ -71,7 +71,7 @@
 //!   session, and a stale completion's buffer is simply given back.
 //!
 //! # Measured (results/backends: alternating pairs, one worker, 15 000
-//! loopback sessions, 60 000 heartbeats/s)
+//! loopback sessions)
 //! Server CPU per heartbeat 1.08× epoll's on the current host at 60 000
 //! and 100 000 heartbeats/s (1.03× on the earlier AMD host; pair-to-pair
 //! spread ±8 %); RSS per session lower (31.9 vs 32.5 B: the slab entry).
@@ -278,8 +278,6 @@ struct Worker {
     /// How many of `pending` are sends: each completes inside the enter
     /// that submits it, so that enter waits for that many more.
     pending_sends: usize,
-    /// The last turn left completions in the CQ ([`TURN_MAX`]).
-    leftover: bool,
     /// Most completions a turn takes: [`TURN_MAX`] unless a test says less.
     turn_max: usize,
     cqes: Vec<Cqe>,
@@ -333,7 +331,6 @@ impl Worker {
             sends: resident_slab(SQ_ENTRIES as usize),
             pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
             pending_sends: 0,
-            leftover: false,
             turn_max: setup.uring_turn_max.clamp(1, TURN_MAX),
             cqes: resident(TURN_MAX, Cqe::default()),
             deferred: resident(TURN_MAX, Cqe::default()),
@@ -408,6 +405,8 @@ impl Worker {
     /// for these very sends, it does not sleep at all.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
         let sends = std::mem::take(&mut self.pending_sends);
+        // Completions the last turn left ([`TURN_MAX`]).
+        let leftover = !self.ring.completion().is_empty();
         let mut done = 0;
         while done < self.pending.len() {
             let mut sq = self.ring.submission();
@@ -431,7 +430,7 @@ impl Worker {
         // Not settled: an SQ that could not take everything (CQ overflow:
         // the sends left for later will not complete in this enter), CQEs
         // the last turn left, or held-back recvs: return at once.
-        let settled = done == self.pending.len() && !self.leftover && self.deferred.is_empty();
+        let settled = done == self.pending.len() && !leftover && self.deferred.is_empty();
         self.pending.drain(..done);
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
@@ -448,10 +447,7 @@ impl Worker {
     fn turn(&mut self, now: u32) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        let mut cq = self.ring.completion();
-        cqes.extend(cq.by_ref().take(self.turn_max).map(Cqe::from));
-        self.leftover = !cq.is_empty();
-        drop(cq);
+        cqes.extend(self.ring.completion().take(self.turn_max).map(Cqe::from));
         for cqe in &cqes {
             if let UserData::Send(slot) = UserData::decode(cqe.user_data) {
                 self.on_send(slot, cqe.result);
