@@ -352,12 +352,32 @@ fn refused_connections_are_counted_with_a_hint() {
 
 #[test]
 fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
-    let out = loadgen("--target 127.0.0.1:9 --sessions 30000 --source 127.0.0.1/32 --procs 2");
+    // One source address and one target give one 4-tuple per ephemeral
+    // port: ask for more sessions than this host's port range holds (28 232
+    // by default, 55 536 on a tuned loadgen host), in processes that each
+    // stay under the descriptor cap.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let bounds: Vec<u64> = range
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let ports = bounds[1] - bounds[0] + 1;
+    let sessions = ports + 1_000;
+    let procs = sessions.div_ceil(15_000);
+    let started = Instant::now();
+    let out = loadgen(&format!(
+        "--target 127.0.0.1:9 --sessions {sessions} --source 127.0.0.1/32 --procs {procs}"
+    ));
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot fit") && stderr.contains("28232"),
+        stderr.contains("cannot fit") && stderr.contains(&format!("{ports} ephemeral ports")),
         "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused only after {:?}: it must refuse before opening anything",
+        started.elapsed()
     );
 }
 

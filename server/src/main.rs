@@ -62,10 +62,21 @@ struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     retry_after: Duration,
 
+    /// Listen-queue overload signal: new connections are answered
+    /// `-ERR BUSY retry-after=<--retry-after>` (counted as shed) once this
+    /// server's listeners have dropped connections (accept queue full, SYN
+    /// dropped) in every 250 ms reading for this long, and until 1 s after
+    /// the drops stop. A burst that overflows the queue for a moment is
+    /// absorbed (its dropped SYNs are retransmitted by TCP and accepted);
+    /// only sustained overload is shed. `0s`: shed from the first drop.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    overload_after: Duration,
+
     /// Loop-lag overload signal: a worker whose periodic tick runs later
-    /// than this answers new connections `-ERR BUSY retry-after=1` (counted
-    /// as shed and shed_lag) until its ticks have run within half of it for 1 s; held
-    /// sessions are not touched. `0s`: measure and report only.
+    /// than this twice in a row (one late tick, a burst or a stall, is
+    /// absorbed) answers new connections `-ERR BUSY retry-after=1` (counted
+    /// as shed and shed_lag) until its ticks have run within half of it for
+    /// 1 s; held sessions are not touched. `0s`: measure and report only.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     max_lag: Duration,
 
@@ -249,6 +260,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         accept_rate: cli.accept_rate,
         retry_after: cli.retry_after,
         max_lag: cli.max_lag,
+        overload_after: cli.overload_after,
         max_frame: cli.max_frame,
         spill_budget: cli.spill_budget,
         backlog: cli.backlog.max(1),

@@ -3,7 +3,8 @@
 //! A worker asks the gate about each accepted connection. The gate says
 //! "busy" when the worker's accept token bucket (`--accept-rate`, new
 //! sessions per second per worker, one second of burst) is empty, or while
-//! the server is overloaded (listen-queue overflows, a spill area over half
+//! the server is overloaded (listen-queue drops sustained for
+//! `--overload-after`, a loop lagging past `--max-lag`, a spill area over half
 //! its budget). A busy connection gets `-ERR BUSY retry-after=<s>` and is
 //! closed at once: the excess is served lossily, the sessions already held
 //! are not touched. Sans-IO: the caller passes the time.

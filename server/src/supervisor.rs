@@ -256,6 +256,10 @@ fn child_command(
             "--max-lag",
             &humantime::format_duration(config.max_lag).to_string(),
         ])
+        .args([
+            "--overload-after",
+            &humantime::format_duration(config.overload_after).to_string(),
+        ])
         .args(["--spill-budget", &config.spill_budget.to_string()])
         .args(["--backlog", &config.backlog.to_string()])
         .args([
@@ -514,6 +518,7 @@ mod tests {
             accept_rate: 0,
             retry_after: Duration::from_secs(5),
             max_lag: crate::lag::DEFAULT_MAX_LAG,
+            overload_after: crate::server::DEFAULT_OVERLOAD_AFTER,
             max_frame: 512,
             spill_budget: 1 << 20,
             backlog: 128,

@@ -25,6 +25,7 @@ macro_rules! backend_tests {
 
 backend_tests!(
     holds_15000_sessions_and_answers_each,
+    an_unpaced_burst_of_15000_connects_is_absorbed,
     redis_cli_gets_pong,
     pipelined_inline_and_multibulk_requests,
     slow_writer_one_byte_at_a_time_is_answered,
@@ -77,6 +78,90 @@ fn holds_15000_sessions_and_answers_each(backend: Backend) {
     for w in workers {
         assert!(w["accepted"].as_u64().unwrap() > 1000, "{w}");
     }
+}
+
+/// What a stock client does: 15 000 non-blocking connects issued as fast as
+/// the test can, no pacing, against a server with default flags (loop-lag
+/// shedding on) and the host's somaxconn. The accept queue may overflow for
+/// a moment; TCP retransmits the dropped SYNs and every session must get
+/// in: none answered busy (issue 14: the first listen drop used to shed
+/// every new client for a second, 5 000-15 000 of 15 000).
+fn an_unpaced_burst_of_15000_connects_is_absorbed(backend: Backend) {
+    use socket2::{Domain, Socket, Type};
+    const N: usize = 15_000;
+    let _fds = heavy();
+    let server = Server::start(backend, &["--max-lag", "100ms"]);
+    let addr = socket2::SockAddr::from(server.addr);
+    let started = Instant::now();
+    // Two threads, like the two processes of the stock client.
+    let sockets: Vec<Socket> = std::thread::scope(|scope| {
+        let halves: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..N / 2)
+                        .map(|i| {
+                            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                            s.set_nonblocking(true).unwrap();
+                            match s.connect(&addr) {
+                                Ok(()) => {}
+                                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                                Err(e) => panic!("connect {i}: {e}"),
+                            }
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let issued = started.elapsed();
+    let mut clients: Vec<TcpStream> = sockets
+        .into_iter()
+        .map(|s| {
+            s.set_nonblocking(false).unwrap();
+            let c = TcpStream::from(s);
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            c
+        })
+        .collect();
+    // A blocking write waits for a handshake still in progress (a dropped
+    // SYN comes back after its 1 s retransmit).
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(b"PING\r\n")
+            .unwrap_or_else(|e| panic!("session {i}: {e}"));
+    }
+    let mut busy = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let reply = read_exact_len(c, 7);
+        if reply.starts_with(b"-ERR BU") {
+            busy += 1;
+        } else {
+            assert_eq!(reply, b"+PONG\r\n", "session {i}");
+        }
+    }
+    let line = server.wait_stat("open", |v| v == N as u64 - busy, Duration::from_secs(10));
+    let stopped = server.stop();
+    assert_eq!(
+        busy,
+        0,
+        "{busy} of {N} refused busy (connects issued in {issued:?}); {line}; shed={} \
+         shed_lag={} listen_overflows={}",
+        stopped.stats["shed"],
+        stopped.stats["shed_lag"],
+        stopped.stats["listen_overflows"]
+    );
+    assert_eq!(stopped.stats["accepted"], N as u64);
+    assert_eq!(stopped.stats["shed"], 0);
+    eprintln!(
+        "{N} unpaced connects issued in {issued:?}, all answered in {:?}; listen drops absorbed: {}",
+        started.elapsed(),
+        stopped.stats["listen_overflows"]
+    );
 }
 
 fn redis_cli_gets_pong(backend: Backend) {
@@ -480,39 +565,62 @@ fn accept_rate_sheds_the_excess_busy_and_spares_held_sessions(backend: Backend) 
 fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Backend) {
     use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let _fds = light();
-    // --idle-timeout 6400ms gives a 100 ms wheel tick (1/64 of it).
+    // --idle-timeout 64s gives a 1 s wheel tick (1/64 of it); each stall
+    // below is longer, so every stall makes the next tick late.
     let args = [
         "--workers",
         "1",
         "--max-lag",
         "100ms",
         "--idle-timeout",
-        "6400ms",
+        "64s",
     ];
     let server = Server::start(backend, &args);
     // A busy host may stall the worker on its own (then it sheds too):
     // such refusals are counted, and retried until admitted.
     let mut noise_busy = 0;
     let mut held = admitted_after_busy(&server, &mut noise_busy, None);
+    // Stops the whole process for 1.1 s (a group stop reaches each thread
+    // when it next runs: wait until the worker is stopped too, or it may
+    // still accept the next client), runs `during` while it is stopped,
+    // then lets it run for 5 ms.
+    let stall = |during: &mut dyn FnMut()| {
+        kill(server.pid, SIGSTOP);
+        let stalled = Instant::now();
+        while !all_threads_stopped(server.pid) {
+            assert!(
+                stalled.elapsed() < Duration::from_millis(300),
+                "not stopped"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        during();
+        std::thread::sleep(Duration::from_millis(1100).saturating_sub(stalled.elapsed()));
+        kill(server.pid, SIGCONT);
+        std::thread::sleep(Duration::from_millis(5));
+    };
 
-    kill(server.pid, SIGSTOP);
-    let stalled = Instant::now();
-    // A group stop reaches each thread when it next runs: wait until the
-    // worker is stopped too, or it may still accept the next client.
-    while !all_threads_stopped(server.pid) {
-        assert!(
-            stalled.elapsed() < Duration::from_millis(300),
-            "not stopped"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // The kernel completes the handshake; the worker sees it after the stall.
-    let mut newcomer = server.connect();
-    newcomer.write_all(b"PING\r\n").unwrap();
-    held.write_all(b"PING during-stall\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(400).saturating_sub(stalled.elapsed()));
-    kill(server.pid, SIGCONT);
-
+    // One stall is absorbed: one late tick, and the loop catches up. The
+    // kernel completes the handshake; the worker admits it after the stall.
+    let mut first = None;
+    stall(&mut || {
+        let mut c = server.connect();
+        c.write_all(b"PING\r\n").unwrap();
+        first = Some(c);
+    });
+    let mut first = first.unwrap();
+    assert_eq!(read_some(&mut first), b"+PONG\r\n", "one stall is absorbed");
+    // Stalls in a row: the loop does not catch up, so it sheds.
+    stall(&mut || {});
+    stall(&mut || {});
+    let mut newcomer = None;
+    stall(&mut || {
+        let mut c = server.connect();
+        c.write_all(b"PING\r\n").unwrap();
+        held.write_all(b"PING during-stall\r\n").unwrap();
+        newcomer = Some(c);
+    });
+    let mut newcomer = newcomer.unwrap();
     assert_eq!(
         read_some(&mut newcomer).escape_ascii().to_string(),
         "-ERR BUSY retry-after=1\\r\\n"
@@ -523,8 +631,8 @@ fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Bac
     // Counted as shed for lag (the gauge may show shedding a turn earlier).
     server.wait_stat("shed_lag", |v| v == 1, Duration::from_secs(5));
 
-    // Punctual ticks for the hold: admitted again.
-    std::thread::sleep(Duration::from_millis(1000));
+    // Punctual ticks for the hold (2 ticks of 1 s): admitted again.
+    std::thread::sleep(Duration::from_millis(2000));
     let mut admitted = admitted_after_busy(&server, &mut noise_busy, Some(&mut held));
     roundtrip(&mut admitted, b"PING\r\n", b"+PONG\r\n");
     roundtrip(&mut held, b"PING\r\n", b"+PONG\r\n");
@@ -533,9 +641,9 @@ fn a_stalled_loop_sheds_new_connections_and_still_answers_held_ones(backend: Bac
     let s = &stopped.stats;
     assert_eq!(s["shed_lag"], 1 + noise_busy, "{s}");
     assert_eq!(s["shed"], s["shed_lag"], "nothing else shed: {s}");
-    assert_eq!(s["accepted"], 2, "{s}");
+    assert_eq!(s["accepted"], 3, "{s}");
     let max_lag_us = s["loop_lag_max_us"].as_u64().unwrap();
-    assert!((250_000..5_000_000).contains(&max_lag_us), "{s}");
+    assert!((100_000..5_000_000).contains(&max_lag_us), "{s}");
 }
 
 /// Connects until a client is admitted (PING answered), counting busy

@@ -44,8 +44,11 @@ impl Backend {
     }
 
     /// Whether this host can run the backend; says what is skipped if not.
-    /// In CI (`CI` set) a missing io_uring is a failure, not a skip: CI
-    /// runs on the same kind of machine as development, where it works.
+    /// A test is skipped only when the kernel offers no io_uring at all
+    /// (io_uring_setup refused: an old kernel, kernel.io_uring_disabled, a
+    /// seccomp profile). When it offers one and the backend's probe still
+    /// fails, that is a failure; in CI (`CI` set) any missing io_uring is:
+    /// CI runs on the same kind of machine as development, where it works.
     pub fn available(self, test: &str) -> bool {
         if self != Backend::Uring {
             return true;
@@ -57,6 +60,12 @@ impl Backend {
                     std::env::var_os("CI").is_none(),
                     "io_uring is missing in CI: {missing}"
                 );
+                if let Ok(()) = c10m_server::sys::uring::kernel_offers_io_uring() {
+                    panic!(
+                        "{test}: the kernel sets up an io_uring, yet the backend's probe \
+                         refused it: {missing}"
+                    );
+                }
                 eprintln!("SKIPPED {test} on uring: {missing}");
                 false
             }

@@ -107,7 +107,7 @@ mod sendbuf;
 mod session;
 mod userdata;
 
-pub use probe::{probe, Missing, SetupMode, Support};
+pub use probe::{kernel_offers_io_uring, probe, Missing, SetupMode, Support};
 
 use super::{
     is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,

@@ -103,6 +103,14 @@ impl Missing {
     }
 }
 
+/// Whether the kernel (and seccomp profile) lets this process set up an
+/// io_uring at all: a plain two-entry ring, none of the features the
+/// backend needs. Tests use it to tell "this host has no io_uring" (skip)
+/// from "the backend's probe is wrong about a host that has it" (fail).
+pub fn kernel_offers_io_uring() -> io::Result<()> {
+    IoUring::new(2).map(drop)
+}
+
 /// Probes the running kernel (and seccomp profile) for the backend's needs.
 pub fn probe() -> Result<Support, Missing> {
     let (mut ring, mode) = first_ring()?;
