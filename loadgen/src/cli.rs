@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Exit 3 if more errors than this occur.
     #[arg(long)]
     pub max_errors: Option<u64>,
+    /// Exit 3 if more heartbeats than this go unanswered (outstanding when
+    /// their connection closed or failed, or when the run ended).
+    #[arg(long)]
+    pub max_unanswered: Option<u64>,
     /// Server process to measure (RSS and CPU, MEASURING.md) beside the loadgen.
     #[arg(long)]
     pub server_pid: Option<u32>,

@@ -132,6 +132,17 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     field_kb(&text, "VmRSS").map(|kb| kb * 1024)
 }
 
+/// Proportional set size of a process in bytes (/proc/PID/smaps_rollup):
+/// its private pages plus its share of each page it shares with others
+/// (program text, a --procs supervisor's pages its children inherited), so
+/// a process tree's PSS sums to the memory the tree really takes, where
+/// VmRSS counts every shared page once per process. Walks every mapping:
+/// read it for a sample, not every second.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    field_kb(&text, "Pss").map(|kb| kb * 1024)
+}
+
 /// RssAnon of a process in bytes (VmRSS less file-backed and shared
 /// pages: no program text paged in by code paths first run after a
 /// baseline).

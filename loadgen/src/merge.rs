@@ -235,6 +235,10 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
         "sent": sum("/heartbeats/sent"),
         "answered": sum("/heartbeats/answered"),
         "lost_on_close": sum("/heartbeats/lost_on_close"),
+        "unanswered": sum("/heartbeats/unanswered"),
+        "unanswered_at_close": sum("/heartbeats/unanswered_at_close"),
+        "unanswered_at_end": sum("/heartbeats/unanswered_at_end"),
+        "note": crate::report::UNANSWERED_NOTE,
         "rate_per_s_peak": peak("heartbeats_answered_per_s", "/heartbeats/rate_per_s_peak"),
     });
     s["rtt_us"] = hist("rtt", "/rtt_us");

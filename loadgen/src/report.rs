@@ -19,9 +19,21 @@ pub struct RssMeasure {
     pub held_bytes: u64,
     pub sessions: u64,
     pub processes: usize,
+    /// PSS summed over the same processes at the held sample (0: not read).
+    pub pss_bytes: u64,
 }
 
 impl RssMeasure {
+    /// All-in: the whole PSS of the processes with sessions held, fixed
+    /// costs (program, buffers, rings, one set per process) included, per
+    /// session; `None` where [`Self::per_session`] is.
+    pub fn pss_per_session_all_in(&self, min_sessions: u64) -> Option<f64> {
+        if self.sessions == 0 || self.pss_bytes == 0 || self.sessions < min_sessions {
+            return None;
+        }
+        Some(round1(self.pss_bytes as f64 / self.sessions as f64))
+    }
+
     /// `None` when nothing was measured with sessions held (e.g. a run
     /// interrupted before the end of its hold), or when fewer than
     /// `min_sessions` were open at the sample: a per-session figure from a
@@ -119,6 +131,13 @@ pub struct MonitorMeasure {
     pub held_sample_ms: u64,
 }
 
+/// What summary.json says of `heartbeats.unanswered`.
+pub const UNANSWERED_NOTE: &str =
+    "unanswered = sent - answered: outstanding when their connection \
+    failed or a planned close went ahead after waiting 2 s for them (unanswered_at_close, also \
+    lost_on_close), or when the run ended (unanswered_at_end). RTT percentiles count answered \
+    heartbeats only: with unanswered > 0 they leave the unanswered out and are lower bounds";
+
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
@@ -197,7 +216,12 @@ pub fn summary(o: &RunOutcome) -> Value {
             "sent": c.heartbeats_sent,
             "answered": c.heartbeats_answered,
             "lost_on_close": c.heartbeats_lost,
+            "unanswered": c.heartbeats_sent.saturating_sub(c.heartbeats_answered),
+            "unanswered_at_close": c.heartbeats_lost,
+            "unanswered_at_end": c.heartbeats_sent
+                .saturating_sub(c.heartbeats_answered + c.heartbeats_lost),
             "rate_per_s_peak": o.heartbeat_rate_peak,
+            "note": UNANSWERED_NOTE,
         },
         "rtt_us": percentiles(&o.histos.rtt),
         "rtt_us_full_hold": percentiles(&o.full_hold.rtt),
@@ -220,15 +244,20 @@ pub fn summary(o: &RunOutcome) -> Value {
             "rss_baseline_bytes": o.loadgen.baseline_bytes,
             "rss_bytes_per_session": o.loadgen.per_session(min_sessions),
             "rss_anon_bytes_per_session": o.loadgen_anon.per_session(min_sessions),
+            "pss_bytes": o.loadgen.pss_bytes,
+            "pss_bytes_per_session_all_in": o.loadgen.pss_per_session_all_in(min_sessions),
             "sessions_measured": o.loadgen.sessions,
             "cpu_us_per_heartbeat": o.loadgen_cpu.us_per_heartbeat(),
             "cpu_s_in_window": round1(o.loadgen_cpu.cpu_s),
             "cpu_window_from": o.cpu_window_from,
             "processes": o.loadgen.processes,
             "method": "VmRSS summed over the loadgen's processes (parent + children) during the \
-                       hold, minus the same processes warmed up with 0 sessions, / sessions open; \
-                       CPU = utime+stime of those processes over the server's CPU window / \
-                       heartbeats answered in it (cpu_window_from)",
+                       hold, minus the same processes warmed up with 0 sessions, / sessions open \
+                       (rss_bytes_per_session: the marginal cost); all-in = Pss (smaps_rollup) \
+                       summed over the same processes at the held sample / sessions open \
+                       (pss_bytes_per_session_all_in: every fixed cost included, shared pages \
+                       counted once); CPU = utime+stime of those processes over the server's CPU \
+                       window / heartbeats answered in it (cpu_window_from)",
         },
     });
     if let Some(server) = &o.server {
@@ -238,6 +267,8 @@ pub fn summary(o: &RunOutcome) -> Value {
             "rss_bytes": server.rss.held_bytes,
             "rss_baseline_bytes": server.rss.baseline_bytes,
             "rss_bytes_per_session": server.rss.per_session(min_sessions),
+            "pss_bytes": server.rss.pss_bytes,
+            "pss_bytes_per_session_all_in": server.rss.pss_per_session_all_in(min_sessions),
             "cpu_us_per_heartbeat": if server.heartbeats > 0 {
                 round1(server.cpu_s * 1e6 / server.heartbeats as f64)
             } else { 0.0 },
@@ -246,7 +277,10 @@ pub fn summary(o: &RunOutcome) -> Value {
             "heartbeats_in_window": server.heartbeats,
             "method": "VmRSS summed over the server's process tree (--server-pid and every \
                        descendant: a supervisor and all its children) during the hold, minus the \
-                       same tree warm with 0 sessions, / sessions open; CPU = utime+stime of the \
+                       same tree warm with 0 sessions, / sessions open (rss_bytes_per_session: the \
+                       marginal cost); all-in = Pss (smaps_rollup) summed over the tree at the held \
+                       sample / sessions open (pss_bytes_per_session_all_in: every process's fixed \
+                       cost included, shared pages counted once); CPU = utime+stime of the \
                        tree over the hold from the first sample with every session open (else \
                        from the nominal end of the ramp: cpu_window_from; includes kernel work in \
                        the server's context) / heartbeats answered in it",
@@ -269,10 +303,10 @@ fn kernel_json(k: &KernelMeasure) -> Value {
     };
     let (mut caches, mut others) = (Map::new(), Map::new());
     let (mut total, mut all) = (0i64, 0i64);
-    for name in k.slab_held.keys().chain(k.slab_before.keys()) {
-        if caches.contains_key(name) || others.contains_key(name) {
-            continue;
-        }
+    // Each cache once, whether it is in one reading or both.
+    let names: std::collections::BTreeSet<&String> =
+        k.slab_held.keys().chain(k.slab_before.keys()).collect();
+    for name in names {
         let d = delta(name);
         all += d;
         if CONNECTION_SLABS.contains(&name.as_str()) {
@@ -285,16 +319,20 @@ fn kernel_json(k: &KernelMeasure) -> Value {
     let per = |bytes: i64| per_connection(bytes, k.connections);
     let avail = k.mem_available_before as i64 - k.mem_available_held as i64;
     json!({
-        "slab_bytes_per_connection": per(total),
-        "slab_bytes_per_socket": if k.both_ends_local { per(total / 2) } else { per(total) },
+        "slab_bytes_per_connection": per(all),
+        "slab_bytes_per_socket": if k.both_ends_local { per(all / 2) } else { per(all) },
+        "slab_connection_caches_bytes_per_connection": per(total),
         "slab_delta_bytes": caches,
-        "slab_all_caches_bytes_per_connection": per(all),
         "slab_other_growth_bytes": others,
         "mem_available_drop_per_connection": per(avail),
         "connections": k.connections,
         "note": if k.both_ends_local {
             "loopback: each connection is two sockets (client and server), both counted; \
-             slab = active_objs x objsize over the connection caches, held minus before"
+             slab_bytes_per_connection = growth of every slab cache (active_objs x objsize, \
+             held minus before; kmalloc-* and anything else that grew meanwhile included) / \
+             connections; slab_connection_caches_bytes_per_connection: the same over the \
+             connection caches of slab_delta_bytes only; slab_other_growth_bytes: the other \
+             caches that grew by over 1 MiB"
         } else {
             "client side only"
         },
@@ -317,6 +355,9 @@ fn memory_per_connection(s: &Value, k: &KernelMeasure) -> Value {
     let slab = f("/kernel/slab_bytes_per_connection");
     let server = f("/server/rss_bytes_per_session");
     let loadgen = f("/loadgen/rss_bytes_per_session");
+    let server_all_in = f("/server/pss_bytes_per_session_all_in");
+    let loadgen_all_in = f("/loadgen/pss_bytes_per_session_all_in");
+    let all_in = [slab, server_all_in, loadgen_all_in];
     let parts = [slab, server, loadgen];
     let sum = parts
         .iter()
@@ -327,6 +368,12 @@ fn memory_per_connection(s: &Value, k: &KernelMeasure) -> Value {
         "server_user": server,
         "loadgen_user": loadgen,
         "sum_of_parts": sum,
+        "server_user_all_in": server_all_in,
+        "loadgen_user_all_in": loadgen_all_in,
+        "sum_of_parts_all_in": all_in
+            .iter()
+            .all(Option::is_some)
+            .then(|| round1(all_in.iter().flatten().sum::<f64>())),
         "host_mem_available_drop": f("/kernel/mem_available_drop_per_connection"),
         "connections": k.connections,
     })
@@ -375,6 +422,17 @@ pub fn threshold_failures(config: &RunConfig, summary: &Value) -> Vec<String> {
         let errors = get("/errors/total");
         if errors > max {
             failed.push(format!("--max-errors {max}: {errors} errors"));
+        }
+    }
+    if let Some(max) = t.max_unanswered {
+        let unanswered = get("/heartbeats/unanswered");
+        if unanswered > max {
+            failed.push(format!(
+                "--max-unanswered {max}: {unanswered} heartbeats unanswered ({} at a close, {} at \
+                 the end)",
+                get("/heartbeats/unanswered_at_close"),
+                get("/heartbeats/unanswered_at_end")
+            ));
         }
     }
     failed
@@ -426,14 +484,21 @@ pub fn table(s: &Value) -> String {
             ),
         ),
         (
-            "heartbeats sent / answered".into(),
-            format!("{} / {}", u("/heartbeats/sent"), u("/heartbeats/answered")),
+            "heartbeats sent / answered / unanswered".into(),
+            format!(
+                "{} / {} / {}{}",
+                u("/heartbeats/sent"),
+                u("/heartbeats/answered"),
+                u("/heartbeats/unanswered"),
+                if u("/heartbeats/unanswered") > 0 {
+                    " (RTT percentiles leave them out: lower bounds)"
+                } else {
+                    ""
+                }
+            ),
         ),
         ("errors".into(), error_line(s)),
-        (
-            "loadgen RSS per session".into(),
-            bytes(f("/loadgen/rss_bytes_per_session")),
-        ),
+        ("loadgen memory per session".into(), memory(s, "/loadgen")),
     ];
     // Absent from a merged summary, empty when the ramp never completed.
     if u("/rtt_us_full_hold/count") > 0 {
@@ -451,8 +516,7 @@ pub fn table(s: &Value) -> String {
         );
     }
     if s.pointer("/server/pid").is_some() {
-        let v = f("/server/rss_bytes_per_session");
-        rows.push(("server RSS per session".into(), bytes(v)));
+        rows.push(("server memory per session".into(), memory(s, "/server")));
         let cpu = f("/server/cpu_us_per_heartbeat").unwrap_or(0.0);
         rows.push(("server CPU per heartbeat".into(), format!("{cpu:.1} us")));
         if let Some(cpu) = f("/loadgen/cpu_us_per_heartbeat") {
@@ -462,7 +526,10 @@ pub fn table(s: &Value) -> String {
     if let Some(v) = f("/kernel/slab_bytes_per_connection") {
         rows.push((
             "kernel slab per connection".into(),
-            format!("{v:.0} B (both ends)"),
+            format!(
+                "{v:.0} B, all caches (connection caches alone: {:.0} B; both ends)",
+                f("/kernel/slab_connection_caches_bytes_per_connection").unwrap_or(0.0)
+            ),
         ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -471,10 +538,17 @@ pub fn table(s: &Value) -> String {
         .collect()
 }
 
-fn bytes(v: Option<f64>) -> String {
-    v.map_or("n/a (no sample during the hold)".into(), |v| {
-        format!("{v:.1} B")
-    })
+/// "marginal X B (RSS growth) / all-in Y B (PSS)" of a role.
+fn memory(s: &Value, role: &str) -> String {
+    let f = |k: &str| s.pointer(&format!("{role}/{k}")).and_then(Value::as_f64);
+    match (
+        f("rss_bytes_per_session"),
+        f("pss_bytes_per_session_all_in"),
+    ) {
+        (None, _) => "n/a (no sample during the hold)".into(),
+        (Some(m), Some(a)) => format!("{m:.1} B marginal (RSS growth) / {a:.1} B all-in (PSS)"),
+        (Some(m), None) => format!("{m:.1} B marginal (RSS growth)"),
+    }
 }
 
 fn error_line(s: &Value) -> String {

@@ -159,6 +159,9 @@ struct Sample {
     /// Summed over the server's process tree (a supervisor and its
     /// children, or the one process).
     server_rss: u64,
+    /// PSS over the same processes (only in a full sample).
+    server_pss: u64,
+    loadgen_pss: u64,
     server_cpu_s: f64,
     loadgen_cpu_s: f64,
     server_procs: usize,
@@ -168,9 +171,21 @@ struct Sample {
     mem_available: u64,
 }
 
-fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, kernel: bool) -> Sample {
+/// `full`: also the slab caches, MemAvailable and PSS (the baseline and
+/// the held sample), which cost more to read than a per-second sample may.
+fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, full: bool) -> Sample {
+    let kernel = full;
     let server_pids = server.map(host::process_tree).unwrap_or_default();
+    let pss = |pids: &[u32]| -> u64 {
+        if full {
+            pids.iter().filter_map(|p| host::pss_bytes(*p)).sum()
+        } else {
+            0
+        }
+    };
     Sample {
+        server_pss: pss(&server_pids),
+        loadgen_pss: pss(pids),
         loadgen_rss: rss_sum(pids),
         loadgen_anon: pids.iter().filter_map(|p| host::rss_anon_bytes(*p)).sum(),
         open: counters.open,
@@ -404,12 +419,14 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             held_bytes: held.loadgen_rss,
             sessions: held.open,
             processes: pids.len(),
+            pss_bytes: held.loadgen_pss,
         },
         loadgen_anon: RssMeasure {
             baseline_bytes: baseline.loadgen_anon,
             held_bytes: held.loadgen_anon,
             sessions: held.open,
             processes: pids.len(),
+            pss_bytes: 0,
         },
         server: config
             .server_pid
@@ -473,6 +490,7 @@ fn server_measure(
             held_bytes: held.server_rss,
             sessions: held.open,
             processes: held.server_procs,
+            pss_bytes: held.server_pss,
         },
         cpu_s: (held.server_cpu_s - start.server_cpu_s).max(0.0),
         heartbeats: held.answered.saturating_sub(start.answered),

@@ -126,6 +126,7 @@ struct ThresholdsFile {
     expect_hold: Option<Dur>,
     max_p99: Option<Dur>,
     max_errors: Option<u64>,
+    max_unanswered: Option<u64>,
 }
 
 /// One client class, resolved.
@@ -168,6 +169,9 @@ pub struct Thresholds {
     pub expect_hold_ms: Option<u64>,
     pub max_p99_us: Option<u64>,
     pub max_errors: Option<u64>,
+    /// Heartbeats unanswered (sent, never replied to).
+    #[serde(default)]
+    pub max_unanswered: Option<u64>,
 }
 
 /// Everything a run needs, resolved; see the module docs.
@@ -348,6 +352,7 @@ impl RunConfig {
                     .map(|d| d.as_micros() as u64)
                     .or(file.thresholds.max_p99.map(|d| d.0.as_micros() as u64)),
                 max_errors: args.max_errors.or(file.thresholds.max_errors),
+                max_unanswered: args.max_unanswered.or(file.thresholds.max_unanswered),
             },
             out: args.out.clone(),
             server_pid: args.server_pid,

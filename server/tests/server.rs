@@ -113,10 +113,7 @@ fn an_unpaced_burst_of_15000_connects_is_absorbed(backend: Backend) {
                 })
             })
             .collect();
-        halves
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let issued = started.elapsed();
     let mut clients: Vec<TcpStream> = sockets
@@ -147,13 +144,10 @@ fn an_unpaced_burst_of_15000_connects_is_absorbed(backend: Backend) {
     let line = server.wait_stat("open", |v| v == N as u64 - busy, Duration::from_secs(10));
     let stopped = server.stop();
     assert_eq!(
-        busy,
-        0,
+        busy, 0,
         "{busy} of {N} refused busy (connects issued in {issued:?}); {line}; shed={} \
          shed_lag={} listen_overflows={}",
-        stopped.stats["shed"],
-        stopped.stats["shed_lag"],
-        stopped.stats["listen_overflows"]
+        stopped.stats["shed"], stopped.stats["shed_lag"], stopped.stats["listen_overflows"]
     );
     assert_eq!(stopped.stats["accepted"], N as u64);
     assert_eq!(stopped.stats["shed"], 0);

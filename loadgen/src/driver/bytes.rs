@@ -184,6 +184,11 @@ impl Driver {
                 }
                 Err((kind, text)) => return self.fail(idx, kind, now, text),
             }
+            if self.sessions[idx as usize].close_due(now) {
+                // A planned close was waiting for these replies.
+                self.wheel.cancel(idx);
+                return self.advance(idx, now, now_us);
+            }
             if n < self.scratch.len() {
                 return; // drained: a short read means the socket buffer is empty
             }

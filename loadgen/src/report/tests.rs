@@ -43,6 +43,7 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
             held_bytes: 1_003_200,
             sessions: 100,
             processes: 1,
+            pss_bytes: 1_500_000,
         },
         loadgen_anon: RssMeasure::default(),
         server: None,
@@ -85,10 +86,36 @@ fn summary_has_the_design_schema_and_the_thresholds_pass() {
     assert!(threshold_failures(&o.config, &s).is_empty());
     let t = table(&s);
     assert!(
-        t.lines()
-            .any(|l| l.contains("loadgen RSS per session") && l.ends_with(" 32.0 B")),
+        t.lines().any(|l| l.contains("loadgen memory per session")
+            && l.ends_with(" 32.0 B marginal (RSS growth) / 15000.0 B all-in (PSS)")),
         "{t}"
     );
+    assert_eq!(s["heartbeats"]["unanswered"], 0);
+}
+
+#[test]
+fn unanswered_heartbeats_are_counted_shown_and_gated() {
+    let mut o = outcome(100, 0, 500);
+    o.config.thresholds.max_unanswered = Some(0);
+    o.counters.heartbeats_sent = 1_000;
+    o.counters.heartbeats_answered = 990;
+    o.counters.heartbeats_lost = 7; // at a close; 3 more outstanding at the end
+    let s = summary(&o);
+    assert_eq!(s["heartbeats"]["unanswered"], 10);
+    assert_eq!(s["heartbeats"]["unanswered_at_close"], 7);
+    assert_eq!(s["heartbeats"]["unanswered_at_end"], 3);
+    let failed = threshold_failures(&o.config, &s);
+    assert_eq!(
+        failed,
+        ["--max-unanswered 0: 10 heartbeats unanswered (7 at a close, 3 at the end)"]
+    );
+    let t = table(&s);
+    assert!(
+        t.contains("1000 / 990 / 10 (RTT percentiles leave them out: lower bounds)"),
+        "{t}"
+    );
+    o.config.thresholds.max_unanswered = Some(10);
+    assert!(threshold_failures(&o.config, &summary(&o)).is_empty());
 }
 
 #[test]
@@ -134,13 +161,20 @@ fn kernel_and_host_memory_are_per_connection_with_other_growers_named() {
             held_bytes: 4_000,
             sessions: 100,
             processes: 3,
+            pss_bytes: 30_000,
         },
         ..ServerMeasure::default()
     });
     let s = summary(&o);
     let f = |p: &str| s.pointer(p).and_then(Value::as_f64).unwrap();
-    assert_eq!(f("/kernel/slab_bytes_per_connection"), 4_000.0);
-    assert_eq!(f("/kernel/slab_bytes_per_socket"), 2_000.0);
+    // Headline: every cache's growth (400 000 + 2 MiB + 800) / 100, each
+    // cache counted once though it is in both readings.
+    assert_eq!(f("/kernel/slab_bytes_per_connection"), 24_979.5);
+    assert_eq!(f("/kernel/slab_bytes_per_socket"), 12_489.8);
+    assert_eq!(
+        f("/kernel/slab_connection_caches_bytes_per_connection"),
+        4_000.0
+    );
     assert_eq!(f("/kernel/mem_available_drop_per_connection"), 10_000.0);
     let other = &s["kernel"]["slab_other_growth_bytes"];
     assert_eq!(other["kmalloc-64"], json!(2 << 20));
@@ -152,7 +186,20 @@ fn kernel_and_host_memory_are_per_connection_with_other_growers_named() {
     assert_eq!(f("/memory_per_connection/server_user"), 30.0);
     assert_eq!(
         f("/memory_per_connection/sum_of_parts"),
-        4_000.0 + 30.0 + 32.0
+        24_979.5 + 30.0 + 32.0
+    );
+    // All-in: the whole PSS of each role's processes per session.
+    assert_eq!(f("/server/pss_bytes_per_session_all_in"), 300.0);
+    assert_eq!(f("/loadgen/pss_bytes_per_session_all_in"), 15_000.0);
+    assert_eq!(f("/memory_per_connection/server_user_all_in"), 300.0);
+    let t = table(&s);
+    assert!(
+        t.contains("30.0 B marginal (RSS growth) / 300.0 B all-in (PSS)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("24980 B, all caches (connection caches alone: 4000 B"),
+        "{t}"
     );
 }
 
