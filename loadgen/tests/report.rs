@@ -69,9 +69,14 @@ fn report_renders_the_charts_and_results_page() {
     }
     let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
     assert!(
-        md.contains("| sessions held / target | 60000 / 60000 |"),
+        md.contains("| sessions held / target | 60000 / 60000 "),
         "{md}"
     );
+    assert!(
+        md.contains("| heartbeats sent / answered / unanswered | 197832 / 197832 / 0 |"),
+        "{md}"
+    );
+    assert!(md.contains("B all-in (PSS) |"), "{md}");
     assert!(md.contains("![rtt-spectrum.svg](rtt-spectrum.svg)"), "{md}");
 }
 
