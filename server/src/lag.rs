@@ -184,18 +184,23 @@ mod tests {
     }
 
     #[test]
-    fn one_late_tick_sheds_for_the_hold_then_admits_again() {
+    fn late_ticks_in_a_row_shed_for_the_hold_then_admit_again() {
         let mut l = lag(100, 50);
         assert!(ticks(&mut l, 100, 1, 10, 0).iter().all(|s| !s));
         // The loop stalls 300 ms: the tick due at 1.0 s runs at 1.3 s.
         l.on_wake(1300 * MS);
-        assert!(l.shedding());
+        assert!(!l.shedding(), "one late tick is absorbed");
         assert_eq!(l.reading().last_us, 300_000);
         assert_eq!(l.reading().max_us, 300_000);
+        // It stalls again before its next tick: the one due at 1.4 s runs
+        // at 1.6 s. Two in a row: shedding.
+        l.on_wake(1600 * MS);
+        assert!(l.shedding());
+        assert_eq!(l.reading().max_us, 300_000);
         // Punctual again: still shedding until 1 s after the late tick…
-        assert!(ticks(&mut l, 100, 14, 23, 0).iter().all(|&s| s));
+        assert!(ticks(&mut l, 100, 17, 26, 0).iter().all(|&s| s));
         // …and not after.
-        l.on_wake(2300 * MS);
+        l.on_wake(2600 * MS);
         assert!(!l.shedding());
         assert_eq!(l.reading().max_us, 300_000, "the maximum is kept");
     }
@@ -233,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_turn_is_absorbed_unless_the_next_is_late_too_or_it_stalled() {
+    fn a_late_tick_is_absorbed_unless_the_next_is_late_too() {
         let mut l = lag(100, 50);
         // Ticks 90 ms late, each followed by a punctual one: a burst's
         // long turns, never shed.
@@ -243,8 +248,11 @@ mod tests {
             l.on_wake(((k + 1) * 100 + 1) * MS);
             assert!(!l.shedding(), "tick {}", k + 1);
         }
-        // Just over twice max_lag once: a stall, shed at once.
-        l.on_wake(4201 * MS);
+        // However late, one tick alone is absorbed…
+        l.on_wake(4901 * MS);
+        assert!(!l.shedding());
+        // …and a second in a row sheds.
+        l.on_wake(5060 * MS);
         assert!(l.shedding());
     }
 
@@ -252,11 +260,12 @@ mod tests {
     fn the_hold_covers_at_least_two_ticks() {
         let mut l = lag(1000, 50);
         l.on_wake(1200 * MS);
+        l.on_wake(2200 * MS);
         assert!(l.shedding());
-        l.on_wake(2000 * MS);
         l.on_wake(3000 * MS);
+        l.on_wake(4000 * MS);
         assert!(l.shedding(), "2 s hold with 1 s ticks");
-        l.on_wake(3200 * MS);
+        l.on_wake(4200 * MS);
         assert!(!l.shedding());
     }
 
