@@ -204,14 +204,12 @@ impl Driver {
             if self.shared.stop.load(Ordering::Relaxed) || now >= tl.deadline_ms {
                 return Ok(());
             }
+            self.record_held(now);
+            // Closes that fell due by the end are still planned closes.
+            self.expire(now, now_us);
             if now >= tl.end_ms && self.unanswered() == 0 {
                 return Ok(());
             }
-            if !self.held_recorded && now >= tl.hold_end_ms {
-                self.counters.held_at_end = self.counters.open;
-                self.held_recorded = true;
-            }
-            self.expire(now, now_us);
             self.start_connects(now, now_us);
             if now >= self.next_flush_ms {
                 self.flush();
@@ -232,10 +230,22 @@ impl Driver {
                 }
             }
             let now_us = self.clock.now_us();
+            // A reply read now may let a planned close (a drain's first)
+            // go ahead: what was held at the hold's end is counted first.
+            self.record_held((now_us / 1_000) as u32);
             for event in events.iter() {
                 self.dispatch(event, now_us);
             }
             self.events = events;
+        }
+    }
+
+    /// Sessions open when the hold ended, taken once, before anything at
+    /// or past that moment closes one.
+    fn record_held(&mut self, now: u32) {
+        if !self.held_recorded && now >= self.spec.timeline.hold_end_ms {
+            self.counters.held_at_end = self.counters.open;
+            self.held_recorded = true;
         }
     }
 

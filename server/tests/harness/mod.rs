@@ -44,9 +44,9 @@ impl Backend {
     }
 
     /// Whether this host can run the backend; says what is skipped if not.
-    /// A test is skipped only when the kernel offers no io_uring at all
-    /// (io_uring_setup refused: an old kernel, kernel.io_uring_disabled, a
-    /// seccomp profile). When it offers one and the backend's probe still
+    /// A test is skipped only when the host offers no usable io_uring
+    /// (Linux older than 6.1, or io_uring_setup refused: kernel.io_uring_disabled,
+    /// a seccomp profile). When it offers one and the backend's probe still
     /// fails, that is a failure; in CI (`CI` set) any missing io_uring is:
     /// CI runs on the same kind of machine as development, where it works.
     pub fn available(self, test: &str) -> bool {
@@ -62,8 +62,8 @@ impl Backend {
                 );
                 if let Ok(()) = c10m_server::sys::uring::kernel_offers_io_uring() {
                     panic!(
-                        "{test}: the kernel sets up an io_uring, yet the backend's probe \
-                         refused it: {missing}"
+                        "{test}: this host offers io_uring (Linux >= 6.1, io_uring_setup \
+                         granted), yet the backend's probe refused it: {missing}"
                     );
                 }
                 eprintln!("SKIPPED {test} on uring: {missing}");

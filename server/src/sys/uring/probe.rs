@@ -103,12 +103,25 @@ impl Missing {
     }
 }
 
-/// Whether the kernel (and seccomp profile) lets this process set up an
-/// io_uring at all: a plain two-entry ring, none of the features the
-/// backend needs. Tests use it to tell "this host has no io_uring" (skip)
-/// from "the backend's probe is wrong about a host that has it" (fail).
-pub fn kernel_offers_io_uring() -> io::Result<()> {
-    IoUring::new(2).map(drop)
+/// Whether this host offers everything the backend uses without asking the
+/// backend's own probe: Linux 6.1 or later (multishot accept 5.19, provided
+/// buffer rings 5.19, multishot recv 6.0, DEFER_TASKRUN 6.1) and a plain
+/// two-entry ring that io_uring_setup grants (not refused by
+/// kernel.io_uring_disabled or a seccomp profile). Tests use it to tell
+/// "this host has no usable io_uring" (skip, saying why) from "the backend
+/// fails on a host that has one" (fail). `Err` says what is missing.
+pub fn kernel_offers_io_uring() -> Result<(), String> {
+    let uts = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?;
+    let release = uts.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if (major, minor) < (6, 1) {
+        return Err(format!("Linux {release} is older than 6.1"));
+    }
+    IoUring::new(2)
+        .map(drop)
+        .map_err(|e| format!("io_uring_setup refused: {e}"))
 }
 
 /// Probes the running kernel (and seccomp profile) for the backend's needs.
