@@ -34,9 +34,32 @@ pub fn raise_nofile() -> nix::Result<NoFile> {
     })
 }
 
-/// Sessions this process can hold under its descriptor limit.
-pub fn session_capacity(nofile: &NoFile, workers: usize) -> u64 {
-    nofile.soft.saturating_sub(reserved_fds(workers))
+/// Direct-descriptor slots of a ring kept back from sessions (a refused
+/// connection holds one until its BUSY reply and close complete): at most
+/// this many, and a sixteenth of a small table.
+pub const DIRECT_SLACK: u64 = 64;
+
+fn direct_slack(slots: u64) -> u64 {
+    (slots / 16).clamp(1, DIRECT_SLACK)
+}
+
+/// Slots in each worker ring's direct-descriptor table: the kernel allows
+/// at most RLIMIT_NOFILE (soft) per ring, and counts none of them in the
+/// process's descriptor table.
+pub fn direct_slots(nofile: &NoFile) -> u32 {
+    nofile.soft.min(u64::from(u32::MAX)) as u32
+}
+
+/// Sessions this process can hold under its descriptor limit: plain
+/// descriptors share the process's table; with `direct` (io_uring direct
+/// descriptors) each worker's ring has a table of its own.
+pub fn session_capacity(nofile: &NoFile, workers: usize, direct: bool) -> u64 {
+    if direct {
+        let slots = u64::from(direct_slots(nofile));
+        workers as u64 * slots.saturating_sub(direct_slack(slots))
+    } else {
+        nofile.soft.saturating_sub(reserved_fds(workers))
+    }
 }
 
 /// Reads an integer sysctl such as `fs/file-max`; `None` if unreadable.
@@ -51,8 +74,13 @@ pub fn read_sysctl(path: &str) -> Option<u64> {
 
 /// The warning printed when `--max-sessions` cannot be met by one process,
 /// naming the binding limit and how to lift it.
-pub fn capacity_warning(max_sessions: u64, workers: usize, nofile: &NoFile) -> Option<String> {
-    let capacity = session_capacity(nofile, workers);
+pub fn capacity_warning(
+    max_sessions: u64,
+    workers: usize,
+    nofile: &NoFile,
+    direct: bool,
+) -> Option<String> {
+    let capacity = session_capacity(nofile, workers, direct);
     if max_sessions <= capacity {
         return None;
     }
@@ -90,12 +118,27 @@ mod tests {
             soft: 20000,
             hard: 20000,
         };
-        assert_eq!(session_capacity(&n, 2), 20000 - 24);
-        assert!(capacity_warning(15_000, 2, &n).is_none());
-        let w = capacity_warning(1_000_000, 2, &n).unwrap();
+        assert_eq!(session_capacity(&n, 2, false), 20000 - 24);
+        assert!(capacity_warning(15_000, 2, &n, false).is_none());
+        let w = capacity_warning(1_000_000, 2, &n, false).unwrap();
         assert!(w.contains("RLIMIT_NOFILE is 20000"), "{w}");
         assert!(w.contains("1000024 descriptors"), "{w}");
         assert!(w.contains("LimitNOFILE"), "{w}");
+    }
+
+    #[test]
+    fn direct_descriptors_give_each_worker_a_table_of_its_own() {
+        let n = NoFile {
+            soft_before: 1024,
+            soft: 20000,
+            hard: 20000,
+        };
+        assert_eq!(direct_slots(&n), 20000);
+        assert_eq!(session_capacity(&n, 2, true), 2 * (20000 - DIRECT_SLACK));
+        assert!(capacity_warning(39_000, 2, &n, true).is_none());
+        assert!(capacity_warning(39_000, 2, &n, false).is_some());
+        let small = NoFile { soft: 48, ..n };
+        assert_eq!(session_capacity(&small, 1, true), 45);
     }
 
     #[test]

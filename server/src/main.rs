@@ -13,6 +13,13 @@ use std::time::Duration;
 
 /// Holds up to millions of idle RESP (Redis protocol) sessions and answers
 /// their heartbeats: PING [payload], ECHO payload, QUIT.
+/// `--descriptors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Descriptors {
+    Plain,
+    Direct,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "c10m-server", version)]
 struct Cli {
@@ -129,6 +136,14 @@ struct Cli {
     /// offers all it needs, else epoll (the start-up line says which, why).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+
+    /// io_uring descriptors: `plain` (in the process's descriptor table,
+    /// which RLIMIT_NOFILE caps for the whole process) or `direct` (io_uring
+    /// direct descriptors: each worker's ring has a table of its own, of up
+    /// to RLIMIT_NOFILE slots, so one process holds workers x RLIMIT_NOFILE
+    /// sessions; needs --backend uring or auto on a kernel with io_uring).
+    #[arg(long, value_enum, default_value_t = Descriptors::Plain)]
+    descriptors: Descriptors,
 
     /// io_uring: provided buffers per worker (a power of two up to 32768).
     /// For tests and experiments: a tiny ring runs dry (ENOBUFS) at once.
@@ -275,6 +290,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         },
         uring_buffers,
         uring_turn_max: cli.uring_turn_max,
+        direct: cli.descriptors == Descriptors::Direct,
     })
 }
 

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// `--backend`: io_uring, epoll, or the best the kernel offers.
     pub backend: sys::BackendChoice,
     pub stats_format: StatsFormat,
+    /// `--descriptors direct`: io_uring direct descriptors (each worker's
+    /// ring holds its sessions in a file table of its own).
+    pub direct: bool,
     /// io_uring provided-buffer ring per worker (hidden flags; default
     /// 4096 × 1 KiB).
     pub uring_buffers: sys::uring::BufferRing,
@@ -112,11 +115,20 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     if let Some(missing) = &selected.fallback {
         eprintln!("c10m-server: io_uring unavailable, using epoll: {missing}");
     }
+    if config.direct && !matches!(selected.backend, sys::Backend::Uring(_)) {
+        bail!(
+            "--descriptors direct needs the io_uring backend, and this server runs epoll \
+             ({}); use --descriptors plain",
+            selected.why
+        );
+    }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
-    let capacity = limits::session_capacity(&nofile, config.workers);
+    let capacity = limits::session_capacity(&nofile, config.workers, config.direct);
     let max_sessions = config.max_sessions.unwrap_or(capacity);
     announce_limits(&nofile, capacity);
-    if let Some(warning) = limits::capacity_warning(max_sessions, config.workers, &nofile) {
+    if let Some(warning) =
+        limits::capacity_warning(max_sessions, config.workers, &nofile, config.direct)
+    {
         eprintln!("c10m-server: {warning}");
     }
 
@@ -167,6 +179,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             stop: stop.clone(),
             uring_buffers: config.uring_buffers,
             uring_turn_max: config.uring_turn_max,
+            direct_slots: config.direct.then(|| limits::direct_slots(&nofile)),
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }
@@ -178,9 +191,14 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         &config,
         bound,
         &format!(
-            "backend={} backend_why={} workers={}",
+            "backend={} backend_why={} descriptors={} workers={}",
             selected.backend.name(),
             selected.why,
+            if config.direct {
+                format!("direct:{}-per-worker", limits::direct_slots(&nofile))
+            } else {
+                "plain".to_string()
+            },
             config.workers
         ),
         max_sessions,

@@ -78,7 +78,8 @@ pub fn plan(
                 bail!("--procs auto needs --max-sessions (the number of sessions to size for)");
             };
             // Children get one worker each once there are more than CPUs.
-            let capacity = limits::session_capacity(nofile, workers.unwrap_or(1)).max(1);
+            let capacity =
+                limits::session_capacity(nofile, workers.unwrap_or(1), config.direct).max(1);
             ((max as f64 * HEADROOM / capacity as f64).ceil() as usize).max(1)
         }
     };
@@ -86,7 +87,7 @@ pub fn plan(
         bail!("--procs {k} is more than 4096 processes");
     }
     let workers = per_child_workers(k);
-    let capacity = limits::session_capacity(nofile, workers);
+    let capacity = limits::session_capacity(nofile, workers, config.direct);
     let share = match config.max_sessions {
         Some(max) => ((max as f64 * HEADROOM / k as f64).ceil() as u64).min(capacity),
         None => capacity,
@@ -139,7 +140,7 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
     }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
     let specs = plan(&config, procs, workers, &nofile)?;
-    let per_child = limits::session_capacity(&nofile, specs[0].workers);
+    let per_child = limits::session_capacity(&nofile, specs[0].workers, config.direct);
     announce_limits(&nofile, per_child);
     let (_reservation, bound) = reserve_port(config.listen)?;
     let dir = tempfile::tempdir().context("creating a directory for child stats")?;
@@ -274,6 +275,10 @@ fn child_command(
             &config.uring_buffers.size.to_string(),
         ])
         .args(["--uring-turn-max", &config.uring_turn_max.to_string()])
+        .args([
+            "--descriptors",
+            if config.direct { "direct" } else { "plain" },
+        ])
         .arg("--stats-json")
         .arg(&slot.stats_path)
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
@@ -529,6 +534,7 @@ mod tests {
             backend: Default::default(),
             uring_buffers: Default::default(),
             uring_turn_max: crate::sys::uring::TURN_MAX,
+            direct: false,
         }
     }
 
@@ -547,7 +553,7 @@ mod tests {
             &NOFILE,
         )
         .unwrap();
-        let capacity = limits::session_capacity(&NOFILE, 1);
+        let capacity = limits::session_capacity(&NOFILE, 1, false);
         assert_eq!(
             specs.len(),
             (1_100_000f64 / capacity as f64).ceil() as usize

@@ -137,6 +137,9 @@ pub struct WorkerSetup {
     pub uring_buffers: uring::BufferRing,
     /// Most completions an io_uring turn takes, 1..=[`uring::TURN_MAX`].
     pub uring_turn_max: usize,
+    /// io_uring with direct descriptors: slots in the ring's registered
+    /// file table (at most RLIMIT_NOFILE); `None`: plain descriptors.
+    pub direct_slots: Option<u32>,
 }
 
 /// Admission of accepted connections, the same for every backend: the
@@ -197,6 +200,23 @@ impl AdmissionControl {
         counters: &mut crate::core::Counters,
         stream: &std::net::TcpStream,
     ) -> bool {
+        let Some(busy) = self.refusal(now_ns, spill_bytes, counters) else {
+            return true;
+        };
+        let _ = std::io::Write::write(&mut &*stream, &busy);
+        false
+    }
+
+    /// The decision of [`Self::admit`] without the write: `None` when
+    /// admitted (a [`Self::release`] is owed), else the `-ERR BUSY` reply
+    /// the caller must send before closing the connection (the io_uring
+    /// backend with direct descriptors sends it by SQE).
+    pub fn refusal(
+        &mut self,
+        now_ns: u64,
+        spill_bytes: usize,
+        counters: &mut crate::core::Counters,
+    ) -> Option<Vec<u8>> {
         let lagging = self.lag.shedding();
         let congested = self.overloaded.load(std::sync::atomic::Ordering::Relaxed)
             || spill_bytes > self.spill_budget / 2;
@@ -214,7 +234,7 @@ impl AdmissionControl {
                 counters.shed_lag += u64::from(lagging);
                 retry_after_s
             }
-            Gate::Admit if self.admission.try_admit() => return true,
+            Gate::Admit if self.admission.try_admit() => return None,
             Gate::Admit => {
                 counters.rejected += 1;
                 self.gate.retry_after_s
@@ -222,8 +242,7 @@ impl AdmissionControl {
         };
         let mut busy = Vec::with_capacity(32);
         crate::wire::encode_busy(retry_after_s, &mut busy);
-        let _ = std::io::Write::write(&mut &*stream, &busy);
-        false
+        Some(busy)
     }
 
     /// Gives back the slot of a closed session.

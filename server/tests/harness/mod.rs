@@ -30,6 +30,8 @@ pub fn heavy() -> RwLockWriteGuard<'static, ()> {
 pub enum Backend {
     Epoll,
     Uring,
+    /// io_uring with direct descriptors (`--descriptors direct`).
+    UringDirect,
     /// `--backend auto`: only for the tests of backend selection.
     Auto,
 }
@@ -39,6 +41,12 @@ impl Backend {
         match self {
             Backend::Epoll => vec!["--backend".into(), "epoll".into()],
             Backend::Uring => vec!["--backend".into(), "uring".into()],
+            Backend::UringDirect => vec![
+                "--backend".into(),
+                "uring".into(),
+                "--descriptors".into(),
+                "direct".into(),
+            ],
             Backend::Auto => vec!["--backend".into(), "auto".into()],
         }
     }
@@ -50,7 +58,7 @@ impl Backend {
     /// fails, that is a failure; in CI (`CI` set) any missing io_uring is:
     /// CI runs on the same kind of machine as development, where it works.
     pub fn available(self, test: &str) -> bool {
-        if self != Backend::Uring {
+        if !matches!(self, Backend::Uring | Backend::UringDirect) {
             return true;
         }
         match c10m_server::sys::uring::probe() {

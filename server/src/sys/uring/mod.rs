@@ -181,6 +181,78 @@ pub const TURN_MAX: usize = 1024;
 /// How long a stopping worker waits for its requests to complete.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most one-shot accepts a direct-descriptor worker keeps in flight.
+pub const ACCEPT_BATCH: usize = 64;
+
+/// What a session's requests name: a plain descriptor or a slot of the
+/// ring's registered file table.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Fd(types::Fd),
+    Fixed(types::Fixed),
+}
+
+/// Builds an SQE for either kind of [`Target`] (the opcode builders take
+/// each kind as its own type).
+macro_rules! on_target {
+    ($target:expr, $f:ident => $sqe:expr) => {
+        match $target {
+            Target::Fd($f) => $sqe,
+            Target::Fixed($f) => $sqe,
+        }
+    };
+}
+pub(crate) use on_target;
+
+/// How a worker holds a session's socket: the handle in its 28-byte
+/// session record (4 bytes either way).
+trait Descriptor: Sized {
+    /// Direct descriptors: accepted into the ring's file table, never in
+    /// the process's descriptor table.
+    const DIRECT: bool;
+    /// Takes ownership of what a successful accept completion names.
+    ///
+    /// # Safety
+    /// `res` must be a non-negative accept result of this worker's ring,
+    /// named by no other completion.
+    unsafe fn from_accept(res: i32) -> Self;
+    /// What requests for this session name.
+    fn target(&self) -> Target;
+    /// Gives the socket up to an IORING_OP_CLOSE (which now owns it).
+    fn into_target(self) -> Target;
+}
+
+impl Descriptor for OwnedFd {
+    const DIRECT: bool = false;
+    unsafe fn from_accept(res: i32) -> Self {
+        // SAFETY: the caller's contract: a new descriptor only we name.
+        unsafe { OwnedFd::from_raw_fd(res) }
+    }
+    fn target(&self) -> Target {
+        Target::Fd(types::Fd(self.as_raw_fd()))
+    }
+    fn into_target(self) -> Target {
+        Target::Fd(types::Fd(std::os::fd::IntoRawFd::into_raw_fd(self)))
+    }
+}
+
+/// A slot of the ring's registered (direct) file table.
+#[derive(Debug)]
+struct Slot(u32);
+
+impl Descriptor for Slot {
+    const DIRECT: bool = true;
+    unsafe fn from_accept(res: i32) -> Self {
+        Slot(res as u32)
+    }
+    fn target(&self) -> Target {
+        Target::Fixed(types::Fixed(self.0))
+    }
+    fn into_target(self) -> Target {
+        Target::Fixed(types::Fixed(self.0))
+    }
+}
+
 /// Starts an io_uring worker thread; fails if its ring cannot be set up.
 pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> {
     // SAFETY: eventfd has no memory arguments; a non-negative result is a
@@ -196,9 +268,15 @@ pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> 
     let thread = std::thread::Builder::new()
         .name(format!("c10m-uring-{}", setup.id))
         .spawn(move || {
-            let worker = Worker::new(setup, support, worker_wake);
-            let _ = ready_tx.send(worker.is_ok());
-            worker?.run()
+            if setup.direct_slots.is_some() {
+                let worker = Worker::<Slot>::new(setup, support, worker_wake);
+                let _ = ready_tx.send(worker.is_ok());
+                worker?.run()
+            } else {
+                let worker = Worker::<OwnedFd>::new(setup, support, worker_wake);
+                let _ = ready_tx.send(worker.is_ok());
+                worker?.run()
+            }
         })?;
     if ready_rx.recv() != Ok(true) {
         return Err(match thread.join() {
@@ -267,7 +345,7 @@ struct SendRecord {
     flush: bool,
 }
 
-struct Worker {
+struct Worker<D: Descriptor> {
     // Field order matters: the ring is closed before the memory it may use.
     ring: IoUring,
     bufs: Option<BufRing>,
@@ -289,7 +367,7 @@ struct Worker {
     rearm: Vec<crate::table::Token>,
     listener: Option<TcpListener>,
     wake_fd: Arc<OwnedFd>,
-    core: SessionCore<OwnedFd>,
+    core: SessionCore<D>,
     clock: TickClock,
     control: super::AdmissionControl,
     stats: Arc<WorkerStats>,
@@ -297,7 +375,13 @@ struct Worker {
     id: usize,
     out: Vec<u8>,
     due: Vec<(u32, CloseReason)>,
-    accept_armed: bool,
+    /// Accept requests in flight: the one multishot accept (plain), or up
+    /// to [`ACCEPT_BATCH`] one-shot accepts (direct).
+    accepts_armed: usize,
+    /// Direct descriptors: slots in the ring's file table.
+    direct_slots: usize,
+    /// Direct descriptors: every slot holds a session (accepting waits).
+    table_full: bool,
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
     recvs_armed: usize,
@@ -305,8 +389,8 @@ struct Worker {
     stopping: bool,
 }
 
-impl Worker {
-    fn new(setup: WorkerSetup, support: Support, wake_fd: Arc<OwnedFd>) -> io::Result<Worker> {
+impl<D: Descriptor> Worker<D> {
+    fn new(setup: WorkerSetup, support: Support, wake_fd: Arc<OwnedFd>) -> io::Result<Self> {
         pin_worker(setup.id, setup.cpu);
         let context = |what: &'static str| {
             move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -322,6 +406,17 @@ impl Worker {
             setup.uring_buffers.size,
         )
         .map_err(context("registering the provided-buffer ring"))?;
+        if let Some(slots) = setup.direct_slots.filter(|_| D::DIRECT) {
+            ring.submitter().register_files_sparse(slots).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering a table of {slots} direct descriptors: {e} (the kernel \
+                         allows at most RLIMIT_NOFILE slots per ring)"
+                    ),
+                )
+            })?;
+        }
         let clock = TickClock::new(setup.tick);
         let now = clock.tick_at(Instant::now());
         Ok(Worker {
@@ -346,7 +441,9 @@ impl Worker {
             id: setup.id,
             out: resident(16 * 1024, 0u8),
             due: Vec::new(),
-            accept_armed: false,
+            accepts_armed: 0,
+            direct_slots: setup.direct_slots.unwrap_or(0) as usize,
+            table_full: false,
             accept_paused_until: None,
             wake_armed: false,
             recvs_armed: 0,
@@ -373,6 +470,8 @@ impl Worker {
                 self.arm_accept();
             }
             self.expire(now);
+            // Direct: slots freed this turn let more accepts in.
+            self.arm_accept();
             self.publish();
             if self.stop.load(Ordering::Relaxed) {
                 return self.shutdown();
@@ -482,32 +581,68 @@ impl Worker {
         Ok(())
     }
 
+    /// Arms accepting unless paused. Plain descriptors: one multishot
+    /// accept. Direct: one-shot accepts, never more in flight than the
+    /// table has free slots (at most [`ACCEPT_BATCH`]). A direct accept
+    /// that finds the table full has already taken the connection off the
+    /// queue, and the kernel then closes it (the client sees EOF): so the
+    /// table must never be full when an accept completes, and a multishot
+    /// accept, which may take a whole backlog in one enter, cannot promise
+    /// that.
     fn arm_accept(&mut self) {
         let Some(listener) = &self.listener else {
             return;
         };
-        if self.accept_armed || self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || self.stopping {
             return;
         }
-        let sqe = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ACCEPT);
-        self.pending.push(sqe);
-        self.accept_armed = true;
+        let fd = types::Fd(listener.as_raw_fd());
+        if !D::DIRECT {
+            if self.accepts_armed == 0 {
+                let sqe = opcode::AcceptMulti::new(fd)
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(ACCEPT);
+                self.pending.push(sqe);
+                self.accepts_armed = 1;
+            }
+            return;
+        }
+        // Each armed accept may fill one slot: sessions + armed <= slots.
+        let free = self.direct_slots.saturating_sub(self.core.sessions());
+        let want = free.min(ACCEPT_BATCH);
+        // The table is full: new connections wait in the listen queue until
+        // a session closes. Counted once per episode, as plain descriptors
+        // count an EMFILE (`accept_errors_fd`).
+        let full = free == 0;
+        if full && !self.table_full {
+            self.core.counters.accept_errors_fd += 1;
+        }
+        self.table_full = full;
+        while self.accepts_armed < want {
+            // The kernel refuses SOCK_CLOEXEC with a file slot: the slot is
+            // in no descriptor table.
+            let sqe = opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(Some(types::DestinationSlot::auto_target()))
+                .build()
+                .user_data(ACCEPT);
+            self.pending.push(sqe);
+            self.accepts_armed += 1;
+        }
     }
 
     fn on_accept(&mut self, res: i32, flags: u32, now: u32) {
-        let more = cqueue::more(flags);
-        if !more {
-            self.accept_armed = false;
+        if D::DIRECT || !cqueue::more(flags) {
+            self.accepts_armed -= 1;
         }
         if res >= 0 {
-            // SAFETY: a non-negative accept result is a new descriptor that
-            // only this completion names: we own it from here on.
-            let fd = unsafe { OwnedFd::from_raw_fd(res) };
-            if !self.stopping {
-                self.admit(fd, now);
+            // SAFETY: a non-negative accept result is a new descriptor (or
+            // direct slot) that only this completion names: ours from here.
+            let socket = unsafe { D::from_accept(res) };
+            if self.stopping {
+                self.close_socket(socket);
+            } else {
+                self.admit(socket, now);
             }
             self.arm_accept(); // a multishot the kernel ended (CQ full) resumes
             return;
@@ -518,7 +653,7 @@ impl Worker {
             self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
         } else if matches!(-res, libc::ECONNABORTED | libc::EINTR | libc::EAGAIN) {
             self.arm_accept(); // concerns one connection only
-        } else if !self.stopping {
+        } else if !self.stopping && -res != libc::ECANCELED {
             // An error we do not expect: retry later rather than spin on it.
             self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
         }
@@ -564,7 +699,7 @@ impl Worker {
         self.recvs_armed
             + self.sends.len()
             + self.polls_armed
-            + usize::from(self.accept_armed)
+            + self.accepts_armed
             + usize::from(self.wake_armed)
     }
 
@@ -572,8 +707,11 @@ impl Worker {
     /// still due before the ring and its memory go.
     fn shutdown(&mut self) -> io::Result<()> {
         self.stopping = true;
-        for (armed, ud) in [(self.accept_armed, ACCEPT), (self.wake_armed, WAKE)] {
-            if armed {
+        for (armed, ud) in [
+            (self.accepts_armed, ACCEPT),
+            (usize::from(self.wake_armed), WAKE),
+        ] {
+            for _ in 0..armed {
                 self.pending
                     .push(opcode::AsyncCancel::new(ud).build().user_data(IGNORE));
             }
@@ -604,7 +742,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl<D: Descriptor> Drop for Worker<D> {
     fn drop(&mut self) {
         if self.in_flight() > 0 {
             // The kernel may still write into these after the ring closes.

@@ -4,12 +4,11 @@
 //! the module doc of [`super`].
 
 use super::userdata::{UserData, IGNORE};
-use super::{Cqe, SendRecord, Worker, BGID};
+use super::{on_target, Cqe, Descriptor, SendRecord, Target, Worker, BGID};
 use crate::core::{CloseReason, Verdict};
 use crate::table::Token;
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, squeue};
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 
 /// A multishot recv is in flight.
 pub(super) const RECV_ARMED: u8 = 1;
@@ -23,7 +22,7 @@ pub(super) const POLL_OUT_ARMED: u8 = 8;
 /// Most spilled bytes one flush send carries.
 const FLUSH_MAX: usize = 64 * 1024;
 
-impl Worker {
+impl<D: Descriptor> Worker<D> {
     fn io(&self, key: u32) -> u8 {
         self.core.io_state(key)
     }
@@ -34,27 +33,70 @@ impl Worker {
             .set_io_state(key, if on { io | bits } else { io & !bits });
     }
 
-    fn fd(&self, key: u32) -> types::Fd {
-        types::Fd(self.core.handle(key).as_raw_fd())
+    fn target(&self, key: u32) -> Target {
+        self.core.handle(key).target()
     }
 
-    pub(super) fn admit(&mut self, fd: OwnedFd, now: u32) {
+    pub(super) fn admit(&mut self, socket: D, now: u32) {
         let now_ns = self.clock.elapsed_ns(std::time::Instant::now());
         let spill = self.core.spill_bytes();
-        let stream = std::net::TcpStream::from(fd);
-        if !self
-            .control
-            .admit(now_ns, spill, &mut self.core.counters, &stream)
-        {
-            return; // dropping the stream closes it
+        if let Some(busy) = self.control.refusal(now_ns, spill, &mut self.core.counters) {
+            return self.refuse(socket, &busy);
         }
-        let fd = OwnedFd::from(stream);
-        let token = self.core.open(fd, now);
+        let token = self.core.open(socket, now);
         if UserData::Recv(token).encode().is_none() {
             // A key past 2^30 cannot be told apart in user_data.
             return self.close(token.key(), CloseReason::Reset);
         }
         self.resume_reading(token.key());
+    }
+
+    /// Answers a refused connection `busy` and closes it: one write into
+    /// its empty send buffer (it cannot block), as the epoll backend does.
+    /// A plain descriptor is written and closed here; a direct one has no
+    /// descriptor to write through, so a send SQE and a close follow it
+    /// (the send completes inside the enter that submits it, before the
+    /// close runs; its completion finds no session and frees its bytes).
+    fn refuse(&mut self, socket: D, busy: &[u8]) {
+        if !D::DIRECT {
+            if let Target::Fd(fd) = socket.target() {
+                // SAFETY: the descriptor is open and owned by `socket`,
+                // which outlives this write; `busy` is a live buffer.
+                let _ = unsafe { libc::write(fd.0, busy.as_ptr().cast(), busy.len()) };
+            }
+            return self.close_socket(socket);
+        }
+        let staged = self.arena.stage(busy);
+        let slot = self.sends.insert(SendRecord {
+            token: Token::reserved(0), // never a session: nothing to resolve
+            staged,
+            flush: false,
+        });
+        if let Some(ud) = UserData::Send(slot as u32).encode() {
+            let sqe = on_target!(socket.target(), t => opcode::Send::new(
+                t,
+                self.arena.ptr(staged, 0),
+                staged.len() as u32
+            )
+            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud));
+            self.pending.push(sqe);
+            self.pending_sends += 1;
+        } else {
+            self.sends.remove(slot);
+            self.arena.release(staged);
+        }
+        self.close_socket(socket);
+    }
+
+    /// Queues the close of a socket no session holds (any more).
+    pub(super) fn close_socket(&mut self, socket: D) {
+        let close = on_target!(socket.into_target(), t => opcode::Close::new(t)
+            .build()
+            .user_data(IGNORE)
+            .flags(squeue::Flags::SKIP_SUCCESS));
+        self.pending.push(close);
     }
 
     /// Arms the multishot recv unless one is in flight or the session is
@@ -67,9 +109,9 @@ impl Worker {
         let ud = UserData::Recv(token)
             .encode()
             .expect("admitted keys fit user_data");
-        let sqe = opcode::RecvMulti::new(self.fd(key), BGID)
+        let sqe = on_target!(self.target(key), t => opcode::RecvMulti::new(t, BGID)
             .build()
-            .user_data(ud);
+            .user_data(ud));
         self.pending.push(sqe);
         self.set_io(key, RECV_ARMED, true);
         self.recvs_armed += 1;
@@ -196,10 +238,14 @@ impl Worker {
             self.arena.release(staged);
             return self.close(key, CloseReason::Reset);
         };
-        let sqe = opcode::Send::new(self.fd(key), self.arena.ptr(staged, 0), staged.len() as u32)
-            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud);
+        let sqe = on_target!(self.target(key), t => opcode::Send::new(
+            t,
+            self.arena.ptr(staged, 0),
+            staged.len() as u32
+        )
+        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(ud));
         self.pending.push(sqe);
         self.pending_sends += 1;
         self.set_io(key, SEND_IN_FLIGHT, true);
@@ -268,9 +314,9 @@ impl Worker {
         let ud = UserData::PollOut(self.core.token(key))
             .encode()
             .expect("admitted keys fit user_data");
-        let sqe = opcode::PollAdd::new(self.fd(key), libc::POLLOUT as u32)
+        let sqe = on_target!(self.target(key), t => opcode::PollAdd::new(t, libc::POLLOUT as u32)
             .build()
-            .user_data(ud);
+            .user_data(ud));
         self.pending.push(sqe);
         self.set_io(key, POLL_OUT_ARMED, true);
         self.polls_armed += 1;
@@ -307,9 +353,8 @@ impl Worker {
     pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
         let io = self.io(key);
         let token = self.core.token(key);
-        let fd = self.core.close(key, reason).into_raw_fd();
+        let socket = self.core.close(key, reason);
         self.control.release();
-        let fd = types::Fd(fd);
         // Cancel by user_data, never by descriptor: the kernel finds a
         // cancel-by-fd target by walking every armed poll request of the
         // ring, so each close cost O(sessions) — 390 µs of sys time per
@@ -333,10 +378,6 @@ impl Worker {
                 self.pending.push(cancel);
             }
         }
-        let close = opcode::Close::new(fd)
-            .build()
-            .user_data(IGNORE)
-            .flags(squeue::Flags::SKIP_SUCCESS);
-        self.pending.push(close);
+        self.close_socket(socket);
     }
 }
