@@ -39,7 +39,7 @@ pub fn raise_nofile() -> nix::Result<NoFile> {
 /// this many, and a sixteenth of a small table.
 pub const DIRECT_SLACK: u64 = 64;
 
-fn direct_slack(slots: u64) -> u64 {
+pub fn direct_slack(slots: u64) -> u64 {
     (slots / 16).clamp(1, DIRECT_SLACK)
 }
 

@@ -245,6 +245,17 @@ impl AdmissionControl {
         Some(busy)
     }
 
+    /// The refusal for a worker whose own table is full (io_uring direct
+    /// descriptors: each worker's ring holds at most its slots, however
+    /// SO_REUSEPORT spreads connections): counted as rejected, told
+    /// `--retry-after`, as for a full server.
+    pub fn refusal_full(&mut self, counters: &mut crate::core::Counters) -> Vec<u8> {
+        counters.rejected += 1;
+        let mut busy = Vec::with_capacity(32);
+        crate::wire::encode_busy(self.gate.retry_after_s, &mut busy);
+        busy
+    }
+
     /// Gives back the slot of a closed session.
     pub fn release(&self) {
         self.admission.release();

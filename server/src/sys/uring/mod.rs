@@ -382,6 +382,9 @@ struct Worker<D: Descriptor> {
     direct_slots: usize,
     /// Direct descriptors: every slot holds a session (accepting waits).
     table_full: bool,
+    /// Direct descriptors: sessions this worker holds at most (its slots
+    /// less the slack kept for answering refused connections).
+    direct_capacity: usize,
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
     recvs_armed: usize,
@@ -444,6 +447,10 @@ impl<D: Descriptor> Worker<D> {
             accepts_armed: 0,
             direct_slots: setup.direct_slots.unwrap_or(0) as usize,
             table_full: false,
+            direct_capacity: setup.direct_slots.map_or(0, |slots| {
+                let slots = u64::from(slots);
+                (slots - crate::limits::direct_slack(slots)) as usize
+            }),
             accept_paused_until: None,
             wake_armed: false,
             recvs_armed: 0,

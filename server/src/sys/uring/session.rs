@@ -38,6 +38,14 @@ impl<D: Descriptor> Worker<D> {
     }
 
     pub(super) fn admit(&mut self, socket: D, now: u32) {
+        if D::DIRECT && self.core.sessions() >= self.direct_capacity {
+            // Its slots are this worker's alone: full here is full, whatever
+            // the process-wide count says. The slack slots stay free for
+            // accepting and answering such connections, so none waits
+            // unanswered in the listen queue.
+            let busy = self.control.refusal_full(&mut self.core.counters);
+            return self.refuse(socket, &busy);
+        }
         let now_ns = self.clock.elapsed_ns(std::time::Instant::now());
         let spill = self.core.spill_bytes();
         if let Some(busy) = self.control.refusal(now_ns, spill, &mut self.core.counters) {
