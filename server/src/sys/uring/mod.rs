@@ -84,14 +84,22 @@
 //! completions end every min-wait, so each turn became a timer wake-up).
 //!
 //! # Accept
-//! Multishot accept (descriptors are plain, not fixed: the listener's
-//! TCP_NODELAY is inherited). EMFILE/ENFILE/ENOBUFS/ENOMEM end it: the
-//! worker counts `accept_errors_fd`, pauses accepting for
-//! [`ACCEPT_PAUSE`] (the enter's timeout) and re-arms; any other error
-//! that ends it also pauses, so nothing spins. Fixed (direct) descriptors
-//! are not used: they would save a descriptor-table lookup per request,
-//! but the fixed-file table is bounded by RLIMIT_NOFILE too, so they buy
-//! no sessions.
+//! Plain descriptors: one multishot accept (the listener's TCP_NODELAY is
+//! inherited). EMFILE/ENFILE/ENOBUFS/ENOMEM end it: the worker counts
+//! `accept_errors_fd`, pauses accepting for [`ACCEPT_PAUSE`] (the enter's
+//! timeout) and re-arms; any other error that ends it also pauses, so
+//! nothing spins.
+//!
+//! # Direct descriptors (`--descriptors direct`)
+//! The ring registers a sparse file table of RLIMIT_NOFILE slots: the
+//! kernel bounds each ring's table, not the process, so W workers hold W
+//! tables' worth of sessions with none in the descriptor table. Sessions
+//! hold a slot (`Slot`); every request names it (`types::Fixed`).
+//! Accepts are one-shot into an allocated slot, at most [`ACCEPT_BATCH`]
+//! and never more than the table has free: a direct accept that finds the
+//! table full has already dequeued the connection, which the kernel then
+//! closes. A worker at its capacity (slots less a slack) answers new
+//! connections BUSY from the slack slots, by a send SQE, then closes them.
 //!
 //! # Shutdown and wake
 //! Another thread wakes the worker by writing its eventfd, on which a
