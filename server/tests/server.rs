@@ -60,18 +60,7 @@ fn holds_15000_sessions_and_answers_each(backend: Backend) {
     const N: usize = 15_000;
     let _fds = heavy();
     let server = Server::start(backend, &["--workers", "2"]);
-    let mut clients = server.connect_paced(N);
-    for (i, c) in clients.iter_mut().enumerate() {
-        write!(c, "PING {i}\r\n").unwrap();
-    }
-    for (i, c) in clients.iter_mut().enumerate() {
-        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
-        assert_eq!(
-            read_exact_len(c, want.len()),
-            want.as_bytes(),
-            "session {i}"
-        );
-    }
+    let _clients = open_and_echo(&server, N);
     let line = server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
     assert_eq!(stat(&line, "accepted"), Some(N as u64), "{line}");
     server.wait_stat("heartbeats", |v| v == N as u64, Duration::from_secs(10));
@@ -830,18 +819,7 @@ fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
         line.contains("descriptors=direct:1000-per-worker"),
         "{line}"
     );
-    let mut clients = server.connect_paced(N);
-    for (i, c) in clients.iter_mut().enumerate() {
-        write!(c, "PING {i}\r\n").unwrap();
-    }
-    for (i, c) in clients.iter_mut().enumerate() {
-        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
-        assert_eq!(
-            read_exact_len(c, want.len()),
-            want.as_bytes(),
-            "session {i}"
-        );
-    }
+    let _clients = open_and_echo(&server, N);
     server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
     let descriptors = std::fs::read_dir(format!("/proc/{}/fd", server.pid))
         .unwrap()
@@ -999,6 +977,24 @@ fn wait_for_stderr(server: &Server, needle: &str) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Opens `n` sessions (paced), sends `PING i` on session i and checks
+/// each echo; returns the sessions, still open.
+fn open_and_echo(server: &Server, n: usize) -> Vec<TcpStream> {
+    let mut clients = server.connect_paced(n);
+    for (i, c) in clients.iter_mut().enumerate() {
+        write!(c, "PING {i}\r\n").unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
+        assert_eq!(
+            read_exact_len(c, want.len()),
+            want.as_bytes(),
+            "session {i}"
+        );
+    }
+    clients
 }
 
 /// The first reply line, or what arrived before the server closed.

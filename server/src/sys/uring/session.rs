@@ -75,27 +75,42 @@ impl<D: Descriptor> Worker<D> {
             return self.close_socket(socket);
         }
         let staged = self.arena.stage(busy);
+        // Token of no session: its completion only frees the bytes.
+        self.submit_send(socket.target(), Token::reserved(0), staged, false);
+        self.close_socket(socket);
+    }
+
+    /// Queues a non-blocking send of `staged` to `target` for the session
+    /// of `token`; false (the bytes freed) when user_data cannot number it.
+    fn submit_send(
+        &mut self,
+        target: Target,
+        token: Token,
+        staged: super::Staged,
+        flush: bool,
+    ) -> bool {
         let slot = self.sends.insert(SendRecord {
-            token: Token::reserved(0), // never a session: nothing to resolve
+            token,
             staged,
-            flush: false,
+            flush,
         });
-        if let Some(ud) = UserData::Send(slot as u32).encode() {
-            let sqe = on_target!(socket.target(), t => opcode::Send::new(
-                t,
-                self.arena.ptr(staged, 0),
-                staged.len() as u32
-            )
-            .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud));
-            self.pending.push(sqe);
-            self.pending_sends += 1;
-        } else {
+        let Some(ud) = UserData::Send(slot as u32).encode() else {
+            // More sends in flight than user_data can number (never near).
             self.sends.remove(slot);
             self.arena.release(staged);
-        }
-        self.close_socket(socket);
+            return false;
+        };
+        let sqe = on_target!(target, t => opcode::Send::new(
+            t,
+            self.arena.ptr(staged, 0),
+            staged.len() as u32
+        )
+        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(ud));
+        self.pending.push(sqe);
+        self.pending_sends += 1;
+        true
     }
 
     /// Queues the close of a socket no session holds (any more).
@@ -235,27 +250,9 @@ impl<D: Descriptor> Worker<D> {
 
     /// Queues a non-blocking send of `staged` for a session.
     fn send(&mut self, key: u32, staged: super::Staged, flush: bool) {
-        let slot = self.sends.insert(SendRecord {
-            token: self.core.token(key),
-            staged,
-            flush,
-        });
-        let Some(ud) = UserData::Send(slot as u32).encode() else {
-            // More sends in flight than user_data can number (never near).
-            self.sends.remove(slot);
-            self.arena.release(staged);
+        if !self.submit_send(self.target(key), self.core.token(key), staged, flush) {
             return self.close(key, CloseReason::Reset);
-        };
-        let sqe = on_target!(self.target(key), t => opcode::Send::new(
-            t,
-            self.arena.ptr(staged, 0),
-            staged.len() as u32
-        )
-        .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(ud));
-        self.pending.push(sqe);
-        self.pending_sends += 1;
+        }
         self.set_io(key, SEND_IN_FLIGHT, true);
     }
 
