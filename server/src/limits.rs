@@ -84,6 +84,17 @@ pub fn capacity_warning(
     if max_sessions <= capacity {
         return None;
     }
+    if direct {
+        let per_worker = (capacity / workers.max(1) as u64).max(1);
+        return Some(format!(
+            "warning: --max-sessions {max_sessions} cannot be met: with --descriptors direct \
+             each worker's ring holds {per_worker} sessions (RLIMIT_NOFILE {} slots, less \
+             slack), so {workers} workers hold at most {capacity}. Use --workers {} (threads \
+             may outnumber CPUs), or raise the hard RLIMIT_NOFILE.",
+            nofile.soft,
+            max_sessions.div_ceil(per_worker)
+        ));
+    }
     let need = max_sessions + reserved_fds(workers);
     let mut msg = format!(
         "warning: --max-sessions {max_sessions} cannot be met: RLIMIT_NOFILE is {} (hard {}), \
@@ -137,6 +148,10 @@ mod tests {
         assert_eq!(session_capacity(&n, 2, true), 2 * (20000 - DIRECT_SLACK));
         assert!(capacity_warning(39_000, 2, &n, true).is_none());
         assert!(capacity_warning(39_000, 2, &n, false).is_some());
+        let w = capacity_warning(100_000, 2, &n, true).unwrap();
+        assert!(w.contains("each worker's ring holds 19936 sessions"), "{w}");
+        assert!(w.contains("2 workers hold at most 39872"), "{w}");
+        assert!(w.contains("Use --workers 6"), "{w}");
         let small = NoFile { soft: 48, ..n };
         assert_eq!(session_capacity(&small, 1, true), 45);
     }
