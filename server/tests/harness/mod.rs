@@ -253,11 +253,19 @@ impl Server {
         let stats = std::fs::read_to_string(&path)
             .map(|s| serde_json::from_str(&s).expect("stats JSON parses"))
             .unwrap_or(Value::Null);
+        let stderr = self.stderr.lock().unwrap().clone();
+        // Every test's stop checks the io_uring drain: a request left in
+        // flight makes the worker wait out its drain timeout and leak its
+        // buffers (direct descriptors once left 63 accepts armed per worker).
+        assert!(
+            !stderr.contains("still in flight"),
+            "a worker stopped with io_uring requests in flight: {stderr}"
+        );
         Stopped {
             status,
             stats,
             stdout: self.lines.lock().unwrap().clone(),
-            stderr: self.stderr.lock().unwrap().clone(),
+            stderr,
         }
     }
 

@@ -722,13 +722,18 @@ impl<D: Descriptor> Worker<D> {
     /// still due before the ring and its memory go.
     fn shutdown(&mut self) -> io::Result<()> {
         self.stopping = true;
+        // One cancel for every request of that user_data: direct
+        // descriptors keep up to ACCEPT_BATCH accepts armed, and one plain
+        // cancel per request left all but one of them in flight (shutdown
+        // then waited out DRAIN_TIMEOUT and leaked the buffers).
         for (armed, ud) in [
             (self.accepts_armed, ACCEPT),
             (usize::from(self.wake_armed), WAKE),
         ] {
-            for _ in 0..armed {
+            if armed > 0 {
+                let all = types::CancelBuilder::user_data(ud).all();
                 self.pending
-                    .push(opcode::AsyncCancel::new(ud).build().user_data(IGNORE));
+                    .push(opcode::AsyncCancel2::new(all).build().user_data(IGNORE));
             }
         }
         self.listener = None; // the accept request holds its own reference
