@@ -39,8 +39,14 @@ pub fn raise_nofile() -> nix::Result<NoFile> {
 /// this many, and a sixteenth of a small table.
 pub const DIRECT_SLACK: u64 = 64;
 
-pub fn direct_slack(slots: u64) -> u64 {
+fn direct_slack(slots: u64) -> u64 {
     (slots / 16).clamp(1, DIRECT_SLACK)
+}
+
+/// Sessions one ring with `slots` direct descriptors holds: its slots less
+/// the slack.
+pub fn direct_ring_capacity(slots: u64) -> u64 {
+    slots.saturating_sub(direct_slack(slots))
 }
 
 /// Slots in each worker ring's direct-descriptor table: the kernel allows
@@ -55,8 +61,7 @@ pub fn direct_slots(nofile: &NoFile) -> u32 {
 /// descriptors) each worker's ring has a table of its own.
 pub fn session_capacity(nofile: &NoFile, workers: usize, direct: bool) -> u64 {
     if direct {
-        let slots = u64::from(direct_slots(nofile));
-        workers as u64 * slots.saturating_sub(direct_slack(slots))
+        workers as u64 * direct_ring_capacity(u64::from(direct_slots(nofile)))
     } else {
         nofile.soft.saturating_sub(reserved_fds(workers))
     }

@@ -456,8 +456,7 @@ impl<D: Descriptor> Worker<D> {
             direct_slots: setup.direct_slots.unwrap_or(0) as usize,
             table_full: false,
             direct_capacity: setup.direct_slots.map_or(0, |slots| {
-                let slots = u64::from(slots);
-                (slots - crate::limits::direct_slack(slots)) as usize
+                crate::limits::direct_ring_capacity(u64::from(slots)) as usize
             }),
             accept_paused_until: None,
             wake_armed: false,
