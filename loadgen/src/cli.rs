@@ -39,10 +39,13 @@ pub struct RunArgs {
     /// Source addresses (CIDR) [default for loopback targets: 127.1.0.0/16].
     #[arg(long, value_name = "CIDR")]
     pub source: Option<String>,
-    /// Driver threads per process [default: one per CPU, shared among processes].
+    /// Driver threads per process, each with a descriptor table of its own
+    /// (RLIMIT_NOFILE bounds each) [default: one per CPU shared among the
+    /// processes, or as many as the sessions need tables].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Processes: `auto` (as many as RLIMIT_NOFILE needs) or a number [default: auto].
+    /// Processes to split the driver threads over: `auto` (one: every driver
+    /// thread has its own descriptor table) or a number [default: auto].
     #[arg(long)]
     pub procs: Option<String>,
     /// Seed of every random choice (schedules are pure functions of it).

@@ -1,6 +1,11 @@
 //! `Driver`: one pinned thread, one mio loop, pumping a slice of the
 //! sessions through their sans-IO state machines.
 //!
+//! Each driver thread has a descriptor table of its own
+//! ([`c10m_server::sys::private_fd_table`]), so RLIMIT_NOFILE bounds one
+//! driver's sockets, not the process's: one process with D drivers holds
+//! D × (RLIMIT_NOFILE less a reserve) sessions ([`crate::procs::layout`]).
+//!
 //! Driver `g` of `D` owns the global session ids `g, g + D, g + 2D, ...`
 //! (so the ramp interleaves evenly) and keeps, per session, the 16-byte
 //! [`ClientSession`], a 12-byte wheel entry and the 4-byte socket (a std
@@ -135,6 +140,15 @@ impl Driver {
             // Best effort: a CPU outside our cpuset only costs locality.
             let _ = c10m_server::sys::pin_current_thread(cpu);
         }
+        // RLIMIT_NOFILE bounds each descriptor table: with one of its own,
+        // this driver holds up to RLIMIT_NOFILE sockets whatever the
+        // process's other drivers hold.
+        c10m_server::sys::private_fd_table().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("giving a driver thread its own descriptor table: {e}"),
+            )
+        })?;
         let poll = Poll::new()?;
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,

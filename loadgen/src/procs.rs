@@ -1,5 +1,10 @@
-//! Fan-out to child processes, for runs that need more descriptors than
-//! one process's RLIMIT_NOFILE hard limit allows.
+//! Fan-out to child processes (`--procs N`), and the layout of a run:
+//! how many processes, how many driver threads each.
+//!
+//! RLIMIT_NOFILE bounds a descriptor table, not a process: each driver
+//! thread unshares its table, so one process holds as many sessions as its
+//! drivers' tables do ([`layout`]). Child processes remain for fault
+//! isolation and for A/B runs against the multi-process layout.
 //!
 //! The parent re-executes itself as `c10m-loadgen run --child`, one child
 //! per share of the drivers. Protocol, one line each:
@@ -30,45 +35,77 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// Descriptors a process needs besides its sessions: stdio, pipes, one
-/// epoll and one timerfd per driver, slack for the process's own files.
+/// Descriptors a driver thread's table holds besides its sessions: what
+/// the process had open when the thread unshared its table (stdio, pipes,
+/// the epoll and timerfd of drivers already prepared), its own epoll and
+/// timerfd, and slack.
 pub fn reserved_fds(threads: usize) -> u64 {
     64 + 4 * threads as u64
 }
 
-/// Processes and threads per process for `config` under a hard
+/// Sessions one driver thread holds: each driver has a descriptor table of
+/// its own (`unshare(CLONE_FILES)`), bounded by RLIMIT_NOFILE like a
+/// process's.
+pub fn per_thread(nofile_hard: u64, threads: usize) -> u64 {
+    nofile_hard.saturating_sub(reserved_fds(threads))
+}
+
+/// Most driver threads per process that `layout` picks by itself.
+const MAX_THREADS: usize = 4096;
+
+/// Processes and driver threads per process for `config` under a hard
 /// RLIMIT_NOFILE of `nofile_hard` on `cores` CPUs.
+///
+/// RLIMIT_NOFILE bounds each descriptor table, and every driver thread has
+/// its own, so one process holds any number of sessions: `auto` is one
+/// process with one driver per CPU, or as many drivers as the sessions
+/// need tables. `--procs N` splits the drivers over N processes (for fault
+/// isolation or A/B runs); an explicit `--threads` that cannot hold its
+/// share is refused with the numbers.
 pub fn layout(config: &RunConfig, nofile_hard: u64, cores: usize) -> Result<(usize, usize)> {
-    let guess_threads = if config.threads > 0 {
-        config.threads
-    } else {
-        cores
-    };
-    let per_proc = nofile_hard
-        .saturating_sub(reserved_fds(guess_threads))
-        .max(1);
-    let procs = match config.procs {
-        0 => config.sessions.div_ceil(per_proc).max(1) as usize,
-        k => {
-            let each = config.sessions.div_ceil(k as u64);
-            if each > per_proc {
-                let need = config.sessions.div_ceil(per_proc);
-                bail!(
-                    "RLIMIT_NOFILE hard limit is {nofile_hard}: {} sessions in {k} process(es) need \
-                     {} descriptors each, at most {per_proc} fit; use --procs {need} (or auto)",
-                    config.sessions,
-                    each + reserved_fds(guess_threads),
-                );
-            }
-            k
+    let procs = config.procs.max(1);
+    let share = config.sessions.div_ceil(procs as u64);
+    if config.threads > 0 {
+        let t = config.threads;
+        let each = per_thread(nofile_hard, t);
+        if each * t as u64 >= share {
+            return Ok((procs, t));
         }
-    };
-    let threads = if config.threads > 0 {
-        config.threads
-    } else {
-        (cores / procs).max(1)
-    };
-    Ok((procs, threads))
+        let need = fitting_threads(share, nofile_hard, t);
+        bail!(
+            "RLIMIT_NOFILE hard limit is {nofile_hard}: each driver thread's descriptor table \
+             holds at most {each} sessions ({} kept back), so {t} thread(s) per process hold \
+             {}, and each of {procs} process(es) must hold {share}; use --threads {} (or leave \
+             it unset), or raise the hard RLIMIT_NOFILE",
+            reserved_fds(t),
+            each * t as u64,
+            need.map_or_else(|| format!("> {MAX_THREADS}"), |n| n.to_string()),
+        );
+    }
+    let floor = (cores / procs).max(1);
+    match fitting_threads(share, nofile_hard, floor) {
+        Some(t) => Ok((procs, t)),
+        None => bail!(
+            "RLIMIT_NOFILE hard limit is {nofile_hard}: {share} sessions per process would need \
+             over {MAX_THREADS} driver threads (each table keeps {} descriptors back); raise \
+             the hard RLIMIT_NOFILE or use more --procs",
+            reserved_fds(MAX_THREADS)
+        ),
+    }
+}
+
+/// The fewest threads, at least `floor`, whose tables hold `sessions`.
+fn fitting_threads(sessions: u64, nofile_hard: u64, floor: usize) -> Option<usize> {
+    let mut t = floor.max(1);
+    while t <= MAX_THREADS {
+        let each = per_thread(nofile_hard, t);
+        if each * t as u64 >= sessions {
+            return Some(t);
+        }
+        // More threads keep more back in each table: step up and re-check.
+        t = t.max(sessions.div_ceil(each.max(1)) as usize).max(t + 1);
+    }
+    None
 }
 
 /// What a child is told to do (its first stdin line).
@@ -401,10 +438,26 @@ mod tests {
         RunConfig::resolve(&args).unwrap()
     }
 
+    fn with_threads(sessions: u64, procs: Option<&str>, threads: usize) -> RunConfig {
+        RunConfig {
+            threads,
+            ..config(sessions, procs)
+        }
+    }
+
     #[test]
-    fn auto_fans_out_past_the_descriptor_cap() {
+    fn auto_is_one_process_with_a_descriptor_table_per_driver() {
         assert_eq!(layout(&config(15_000, None), 20_000, 2).unwrap(), (1, 2));
-        assert_eq!(layout(&config(100_000, None), 20_000, 2).unwrap(), (6, 1));
+        // 100 000 sessions: 19 912 per table with 6 threads; 5 would do
+        // for the sessions but keep less back, so the count is checked.
+        let (procs, threads) = layout(&config(100_000, None), 20_000, 2).unwrap();
+        assert_eq!((procs, threads), (1, 6));
+        assert!(per_thread(20_000, 5) * 5 < 100_000);
+        assert!(per_thread(20_000, 6) * 6 >= 100_000);
+        let (_, t) = layout(&config(1_000_000, None), 20_000, 2).unwrap();
+        assert_eq!(t, 51);
+        assert!(per_thread(20_000, t) * t as u64 >= 1_000_000);
+        assert!(per_thread(20_000, t - 1) * (t as u64 - 1) < 1_000_000);
         assert_eq!(
             layout(&config(1_000_000, None), 1_048_576, 24).unwrap(),
             (1, 24)
@@ -412,16 +465,35 @@ mod tests {
     }
 
     #[test]
-    fn an_explicit_count_that_cannot_fit_is_refused_with_numbers() {
-        let err = layout(&config(30_000, Some("1")), 20_000, 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("RLIMIT_NOFILE hard limit is 20000"), "{err}");
-        assert!(err.contains("use --procs 2"), "{err}");
+    fn explicit_processes_split_the_drivers() {
         assert_eq!(
             layout(&config(30_000, Some("2")), 20_000, 2).unwrap(),
             (2, 1)
         );
+        assert_eq!(
+            layout(&config(60_000, Some("4")), 20_000, 2).unwrap(),
+            (4, 1)
+        );
+        assert_eq!(
+            layout(&config(100_000, Some("2")), 20_000, 2).unwrap(),
+            (2, 3)
+        );
+    }
+
+    #[test]
+    fn explicit_threads_that_cannot_fit_are_refused_with_numbers() {
+        let err = layout(&with_threads(30_000, Some("1"), 1), 20_000, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RLIMIT_NOFILE hard limit is 20000"), "{err}");
+        assert!(err.contains("holds at most 19932 sessions"), "{err}");
+        assert!(err.contains("use --threads 2"), "{err}");
+        assert_eq!(
+            layout(&with_threads(30_000, Some("1"), 2), 20_000, 2).unwrap(),
+            (1, 2)
+        );
+        let err = layout(&config(10_000, None), 100, 2).unwrap_err().to_string();
+        assert!(err.contains("over 4096 driver threads"), "{err}");
     }
 
     #[test]

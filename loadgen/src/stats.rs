@@ -107,7 +107,8 @@ impl ErrorKind {
                 "4-tuple space exhausted: widen --source or ip_local_port_range (now {port_lo}-{port_hi})"
             ),
             ErrorKind::Emfile => format!(
-                "out of descriptors: RLIMIT_NOFILE soft={nofile_soft} hard={nofile_hard}; use --procs \
+                "out of descriptors: RLIMIT_NOFILE soft={nofile_soft} hard={nofile_hard} bounds each \
+                 driver thread's table; use more --threads (or leave it unset) \
                  (ENFILE: raise fs.file-max)"
             ),
             ErrorKind::Protocol => "the server sent a reply that is not our echoed payload".into(),
@@ -361,7 +362,7 @@ mod tests {
             .contains("widen --source"));
         assert!(ErrorKind::Emfile
             .hint(&limits)
-            .contains("soft=20000 hard=20000; use --procs"));
+            .contains("soft=20000 hard=20000 bounds each driver thread's table; use more --threads"));
         let keys: Vec<_> = ErrorKind::ALL.iter().map(|k| k.key()).collect();
         assert_eq!(keys.len(), Counters::default().errors.len());
         for (i, k) in ErrorKind::ALL.iter().enumerate() {

@@ -127,7 +127,24 @@ impl Drop for Server {
 /// Runs `c10m-loadgen run ARGS` (split on whitespace) to completion
 /// (killed after 60 s at most).
 fn loadgen(args: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
+    loadgen_with_nofile(args, None)
+}
+
+/// [`loadgen`], with RLIMIT_NOFILE (soft and hard) set to `nofile`.
+fn loadgen_with_nofile(args: &str, nofile: Option<u64>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"));
+    if let Some(limit) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches no memory of
+        // the parent; lowering a limit needs no privilege.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = command
         .arg("run")
         .args(["--progress", "plain"])
         .args(args.split_whitespace())
@@ -379,6 +396,43 @@ fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
         "refused only after {:?}: it must refuse before opening anything",
         started.elapsed()
     );
+}
+
+#[test]
+fn one_process_holds_more_sessions_than_its_descriptor_limit() {
+    // RLIMIT_NOFILE 1 000 (soft and hard) bounds each driver thread's own
+    // table: 3 000 sessions need 4 drivers, in one process.
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen_with_nofile(
+        &format!(
+            "--target {} --sessions 3000 --rate 5000 --hold 2s --heartbeat 500ms --out {} \
+             --expect-sessions 3000 --max-errors 0 --max-unanswered 0",
+            server.addr,
+            dir.path().to_str().unwrap()
+        ),
+        Some(1_000),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert_eq!(num(&s, "/layout/procs"), 1);
+    assert_eq!(num(&s, "/layout/threads_per_proc"), 4);
+    assert_eq!(num(&s, "/loadgen/processes"), 1);
+    assert_eq!(num(&s, "/host/rlimit_nofile_hard"), 1_000);
+    assert_eq!(num(&s, "/sessions/held_at_end"), 3_000);
+    let sent = num(&s, "/heartbeats/sent");
+    assert!(sent > 6_000, "{sent}");
+    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+
+    // Told to use one thread, it refuses before opening anything.
+    let out = loadgen_with_nofile(
+        &format!("--target {} --sessions 3000 --threads 1 --hold 1s", server.addr),
+        Some(1_000),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RLIMIT_NOFILE hard limit is 1000"), "{err}");
+    assert!(err.contains("use --threads 4"), "{err}");
 }
 
 #[test]

@@ -326,6 +326,44 @@ pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
     sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
+/// Gives the calling thread a descriptor table of its own that holds only
+/// stdio (0, 1, 2). RLIMIT_NOFILE bounds each table, not the process, so
+/// threads that call this each hold up to RLIMIT_NOFILE descriptors: one
+/// process holds threads × RLIMIT_NOFILE sockets, plain descriptors and
+/// epoll included. Descriptors the thread opens from here on are invisible
+/// to the process's other threads (and to /proc/PID/fd, which lists the
+/// main thread's table: see /proc/PID/task/TID/fd), and close when the
+/// thread exits.
+///
+/// One `close_range(3, ~0, CLOSE_RANGE_UNSHARE)` (Linux 5.9): the copy
+/// of the table keeps none of the process's other descriptors, so a socket
+/// another thread closes is not held open here. Older kernels get
+/// `unshare(CLONE_FILES)` and the copied descriptors closed one by one.
+pub fn private_fd_table() -> io::Result<()> {
+    const CLOSE_RANGE_UNSHARE: libc::c_uint = 1 << 1;
+    // SAFETY: close_range takes plain integers; it closes descriptors of
+    // the new private table only, which nothing in this thread uses yet
+    // (callers call it before opening anything).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_UNSHARE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
+    let copied: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in copied {
+        // The directory's own descriptor is already closed: EBADF.
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's nice value (on Linux, nice is per thread).
 /// Going below 0 needs CAP_SYS_NICE or a raised RLIMIT_NICE.
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
