@@ -143,7 +143,7 @@ impl Driver {
         // RLIMIT_NOFILE bounds each descriptor table: with one of its own,
         // this driver holds up to RLIMIT_NOFILE sockets whatever the
         // process's other drivers hold.
-        c10m_server::sys::private_fd_table().map_err(|e| {
+        c10m_server::sys::private_fd_table(&[]).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("giving a driver thread its own descriptor table: {e}"),

@@ -492,7 +492,9 @@ mod tests {
             layout(&with_threads(30_000, Some("1"), 2), 20_000, 2).unwrap(),
             (1, 2)
         );
-        let err = layout(&config(10_000, None), 100, 2).unwrap_err().to_string();
+        let err = layout(&config(10_000, None), 100, 2)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("over 4096 driver threads"), "{err}");
     }
 

@@ -360,9 +360,9 @@ mod tests {
         assert!(ErrorKind::AddrNotAvail
             .hint(&limits)
             .contains("widen --source"));
-        assert!(ErrorKind::Emfile
-            .hint(&limits)
-            .contains("soft=20000 hard=20000 bounds each driver thread's table; use more --threads"));
+        assert!(ErrorKind::Emfile.hint(&limits).contains(
+            "soft=20000 hard=20000 bounds each driver thread's table; use more --threads"
+        ));
         let keys: Vec<_> = ErrorKind::ALL.iter().map(|k| k.key()).collect();
         assert_eq!(keys.len(), Counters::default().errors.len());
         for (i, k) in ErrorKind::ALL.iter().enumerate() {

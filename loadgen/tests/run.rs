@@ -139,8 +139,12 @@ fn loadgen_with_nofile(args: &str, nofile: Option<u64>) -> Output {
         // the parent; lowering a limit needs no privilege.
         unsafe {
             command.pre_exec(move || {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
-                    .map_err(std::io::Error::from)
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    limit,
+                    limit,
+                )
+                .map_err(std::io::Error::from)
             });
         }
     }
@@ -426,7 +430,10 @@ fn one_process_holds_more_sessions_than_its_descriptor_limit() {
 
     // Told to use one thread, it refuses before opening anything.
     let out = loadgen_with_nofile(
-        &format!("--target {} --sessions 3000 --threads 1 --hold 1s", server.addr),
+        &format!(
+            "--target {} --sessions 3000 --threads 1 --hold 1s",
+            server.addr
+        ),
         Some(1_000),
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));

@@ -56,15 +56,122 @@ pub fn direct_slots(nofile: &NoFile) -> u32 {
     nofile.soft.min(u64::from(u32::MAX)) as u32
 }
 
-/// Sessions this process can hold under its descriptor limit: plain
-/// descriptors share the process's table; with `direct` (io_uring direct
-/// descriptors) each worker's ring has a table of its own.
-pub fn session_capacity(nofile: &NoFile, workers: usize, direct: bool) -> u64 {
-    if direct {
-        workers as u64 * direct_ring_capacity(u64::from(direct_slots(nofile)))
-    } else {
-        nofile.soft.saturating_sub(reserved_fds(workers))
+/// Where the sessions' descriptors live (`--descriptors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Descriptors {
+    /// `plain` when --max-sessions fits the process's table (or is unset),
+    /// else `direct` on io_uring and `thread` on epoll.
+    #[default]
+    Auto,
+    /// The process's descriptor table, shared by every worker:
+    /// RLIMIT_NOFILE caps the process.
+    Plain,
+    /// A descriptor table per worker thread: RLIMIT_NOFILE caps each
+    /// worker (either backend).
+    Thread,
+    /// io_uring direct descriptors: a registered file table per worker
+    /// ring, of up to RLIMIT_NOFILE slots.
+    Direct,
+}
+
+impl Descriptors {
+    pub fn name(self) -> &'static str {
+        match self {
+            Descriptors::Auto => "auto",
+            Descriptors::Plain => "plain",
+            Descriptors::Thread => "thread",
+            Descriptors::Direct => "direct",
+        }
     }
+}
+
+/// Descriptors a worker thread's own table keeps back from sessions
+/// (`--descriptors thread`): stdio, its listener, its poller or wake
+/// descriptor, and slack for a refused connection in flight.
+pub const THREAD_RESERVE: u64 = 16;
+
+/// Sessions one worker's own table holds (thread or direct), or `None`
+/// for the shared process table.
+pub fn per_worker_capacity(nofile: &NoFile, descriptors: Descriptors) -> Option<u64> {
+    match descriptors {
+        Descriptors::Thread => Some(nofile.soft.saturating_sub(THREAD_RESERVE)),
+        Descriptors::Direct => Some(direct_ring_capacity(u64::from(direct_slots(nofile)))),
+        Descriptors::Auto | Descriptors::Plain => None,
+    }
+}
+
+/// Sessions this process can hold under its descriptor limit: `plain`
+/// (and `auto`, before it is resolved) descriptors share the process's
+/// table; with `thread` or `direct` each worker has a table of its own.
+pub fn session_capacity(nofile: &NoFile, workers: usize, descriptors: Descriptors) -> u64 {
+    match per_worker_capacity(nofile, descriptors) {
+        Some(each) => workers as u64 * each,
+        None => nofile.soft.saturating_sub(reserved_fds(workers)),
+    }
+}
+
+/// Most workers the layout picks by itself (and `--workers` accepts).
+pub const MAX_WORKERS: usize = 1024;
+
+/// How one server process holds its sessions: the resolved
+/// `--descriptors`, the worker count, and why (for the start-up line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Never `Auto`.
+    pub descriptors: Descriptors,
+    pub workers: usize,
+    /// One token without spaces, e.g. `auto:over-process-table,io_uring`.
+    pub why: String,
+}
+
+/// Resolves `--descriptors` and the worker count for one process.
+///
+/// `auto`: `plain` while `max_sessions` fits the process's table (or is
+/// unset), else `direct` with io_uring, else `thread`. Unless the user
+/// gave `--workers`, a per-worker table layout gets as many workers as
+/// `max_sessions` needs tables (threads may outnumber CPUs); a given
+/// `--workers` is kept, and [`capacity_warning`] says what it misses.
+pub fn layout(
+    asked: Descriptors,
+    uring: bool,
+    max_sessions: Option<u64>,
+    nofile: &NoFile,
+    workers: usize,
+    workers_given: bool,
+) -> Result<Layout, String> {
+    let (descriptors, why) = match asked {
+        Descriptors::Direct if !uring => {
+            return Err(
+                "--descriptors direct needs the io_uring backend, and this server runs \
+                 epoll; use --descriptors thread (a table per worker thread) or plain"
+                    .to_string(),
+            )
+        }
+        Descriptors::Auto => {
+            let fits = max_sessions
+                .is_none_or(|m| m <= session_capacity(nofile, workers, Descriptors::Plain));
+            match (fits, uring) {
+                (true, _) => (Descriptors::Plain, "auto:fits-process-table"),
+                (false, true) => (Descriptors::Direct, "auto:over-process-table,io_uring"),
+                (false, false) => (Descriptors::Thread, "auto:over-process-table,epoll"),
+            }
+        }
+        forced => (forced, "forced"),
+    };
+    let mut workers = workers.max(1);
+    if let (false, Some(max), Some(each)) = (
+        workers_given,
+        max_sessions,
+        per_worker_capacity(nofile, descriptors),
+    ) {
+        let need = max.div_ceil(each.max(1)).min(MAX_WORKERS as u64) as usize;
+        workers = workers.max(need);
+    }
+    Ok(Layout {
+        descriptors,
+        workers,
+        why: why.to_string(),
+    })
 }
 
 /// Reads an integer sysctl such as `fs/file-max`; `None` if unreadable.
@@ -83,19 +190,25 @@ pub fn capacity_warning(
     max_sessions: u64,
     workers: usize,
     nofile: &NoFile,
-    direct: bool,
+    descriptors: Descriptors,
 ) -> Option<String> {
-    let capacity = session_capacity(nofile, workers, direct);
+    let capacity = session_capacity(nofile, workers, descriptors);
     if max_sessions <= capacity {
         return None;
     }
-    if direct {
-        let per_worker = (capacity / workers.max(1) as u64).max(1);
+    if let Some(per_worker) = per_worker_capacity(nofile, descriptors) {
+        let per_worker = per_worker.max(1);
+        let table = if descriptors == Descriptors::Direct {
+            "ring holds"
+        } else {
+            "thread's descriptor table holds"
+        };
         return Some(format!(
-            "warning: --max-sessions {max_sessions} cannot be met: with --descriptors direct \
-             each worker's ring holds {per_worker} sessions (RLIMIT_NOFILE {} slots, less \
+            "warning: --max-sessions {max_sessions} cannot be met: with --descriptors {} \
+             each worker's {table} {per_worker} sessions (RLIMIT_NOFILE {} slots, less \
              slack), so {workers} workers hold at most {capacity}. Use --workers {} (threads \
-             may outnumber CPUs), or raise the hard RLIMIT_NOFILE.",
+             may outnumber CPUs) or leave --workers unset, or raise the hard RLIMIT_NOFILE.",
+            descriptors.name(),
             nofile.soft,
             max_sessions.div_ceil(per_worker)
         ));
@@ -134,9 +247,9 @@ mod tests {
             soft: 20000,
             hard: 20000,
         };
-        assert_eq!(session_capacity(&n, 2, false), 20000 - 24);
-        assert!(capacity_warning(15_000, 2, &n, false).is_none());
-        let w = capacity_warning(1_000_000, 2, &n, false).unwrap();
+        assert_eq!(session_capacity(&n, 2, Descriptors::Plain), 20000 - 24);
+        assert!(capacity_warning(15_000, 2, &n, Descriptors::Plain).is_none());
+        let w = capacity_warning(1_000_000, 2, &n, Descriptors::Plain).unwrap();
         assert!(w.contains("RLIMIT_NOFILE is 20000"), "{w}");
         assert!(w.contains("1000024 descriptors"), "{w}");
         assert!(w.contains("LimitNOFILE"), "{w}");
@@ -150,15 +263,69 @@ mod tests {
             hard: 20000,
         };
         assert_eq!(direct_slots(&n), 20000);
-        assert_eq!(session_capacity(&n, 2, true), 2 * (20000 - DIRECT_SLACK));
-        assert!(capacity_warning(39_000, 2, &n, true).is_none());
-        assert!(capacity_warning(39_000, 2, &n, false).is_some());
-        let w = capacity_warning(100_000, 2, &n, true).unwrap();
+        assert_eq!(
+            session_capacity(&n, 2, Descriptors::Direct),
+            2 * (20000 - DIRECT_SLACK)
+        );
+        assert!(capacity_warning(39_000, 2, &n, Descriptors::Direct).is_none());
+        assert!(capacity_warning(39_000, 2, &n, Descriptors::Plain).is_some());
+        let w = capacity_warning(100_000, 2, &n, Descriptors::Direct).unwrap();
         assert!(w.contains("each worker's ring holds 19936 sessions"), "{w}");
         assert!(w.contains("2 workers hold at most 39872"), "{w}");
         assert!(w.contains("Use --workers 6"), "{w}");
         let small = NoFile { soft: 48, ..n };
-        assert_eq!(session_capacity(&small, 1, true), 45);
+        assert_eq!(session_capacity(&small, 1, Descriptors::Direct), 45);
+        assert_eq!(
+            session_capacity(&n, 3, Descriptors::Thread),
+            3 * (20000 - THREAD_RESERVE)
+        );
+        let w = capacity_warning(100_000, 2, &n, Descriptors::Thread).unwrap();
+        assert!(
+            w.contains("each worker's thread's descriptor table holds 19984 sessions"),
+            "{w}"
+        );
+        assert!(w.contains("Use --workers 6"), "{w}");
+    }
+
+    #[test]
+    fn auto_picks_the_shared_table_while_it_fits_then_a_table_per_worker() {
+        let n = NoFile {
+            soft_before: 1024,
+            soft: 20000,
+            hard: 20000,
+        };
+        let pick = |asked, uring, max, workers, given| {
+            layout(asked, uring, max, &n, workers, given).unwrap()
+        };
+        let l = pick(Descriptors::Auto, true, None, 2, false);
+        assert_eq!((l.descriptors, l.workers), (Descriptors::Plain, 2));
+        assert_eq!(l.why, "auto:fits-process-table");
+        let l = pick(Descriptors::Auto, true, Some(19_976), 2, false);
+        assert_eq!(l.descriptors, Descriptors::Plain);
+        let l = pick(Descriptors::Auto, true, Some(1_000_000), 2, false);
+        assert_eq!((l.descriptors, l.workers), (Descriptors::Direct, 51));
+        assert_eq!(l.why, "auto:over-process-table,io_uring");
+        assert!(session_capacity(&n, l.workers, l.descriptors) >= 1_000_000);
+        assert!(session_capacity(&n, l.workers - 1, l.descriptors) < 1_000_000);
+        let l = pick(Descriptors::Auto, false, Some(1_000_000), 2, false);
+        assert_eq!((l.descriptors, l.workers), (Descriptors::Thread, 51));
+        assert_eq!(l.why, "auto:over-process-table,epoll");
+        // More CPUs than tables needed: one worker per CPU still.
+        let l = pick(Descriptors::Auto, true, Some(30_000), 8, false);
+        assert_eq!((l.descriptors, l.workers), (Descriptors::Direct, 8));
+        // A given --workers is kept (the capacity warning speaks).
+        let l = pick(Descriptors::Thread, false, Some(1_000_000), 4, true);
+        assert_eq!(
+            (l.descriptors, l.workers, l.why.as_str()),
+            (Descriptors::Thread, 4, "forced")
+        );
+        let l = pick(Descriptors::Plain, true, Some(1_000_000), 2, false);
+        assert_eq!((l.descriptors, l.workers), (Descriptors::Plain, 2));
+        let e = layout(Descriptors::Direct, false, None, &n, 2, false).unwrap_err();
+        assert!(
+            e.contains("--descriptors direct needs the io_uring backend"),
+            "{e}"
+        );
     }
 
     #[test]

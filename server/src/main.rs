@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
+use c10m_server::limits::Descriptors;
 use c10m_server::profile::Profiler;
 use c10m_server::server::{self, ServerConfig, StatsFormat};
 use c10m_server::supervisor::{self, Procs};
@@ -13,12 +14,6 @@ use std::time::Duration;
 
 /// Holds up to millions of idle RESP (Redis protocol) sessions and answers
 /// their heartbeats: PING [payload], ECHO payload, QUIT.
-/// `--descriptors`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Descriptors {
-    Plain,
-    Direct,
-}
 
 #[derive(Debug, Parser)]
 #[command(name = "c10m-server", version)]
@@ -137,12 +132,16 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
 
-    /// io_uring descriptors: `plain` (in the process's descriptor table,
-    /// which RLIMIT_NOFILE caps for the whole process) or `direct` (io_uring
-    /// direct descriptors: each worker's ring has a table of its own, of up
-    /// to RLIMIT_NOFILE slots, so one process holds workers x RLIMIT_NOFILE
-    /// sessions; needs --backend uring or auto on a kernel with io_uring).
-    #[arg(long, value_enum, default_value_t = Descriptors::Plain)]
+    /// Where sessions' descriptors live. `plain`: the process's table, which
+    /// RLIMIT_NOFILE caps for the whole process. `thread`: a table per
+    /// worker thread (either backend). `direct`: io_uring direct
+    /// descriptors, a table per worker ring (needs io_uring). With either
+    /// of the last two one process holds workers x RLIMIT_NOFILE sessions,
+    /// and unless --workers is given the workers grow to the tables
+    /// --max-sessions needs. `auto`: plain while --max-sessions fits the
+    /// process's table, else direct on io_uring, else thread (the start-up
+    /// line says which and why).
+    #[arg(long, value_enum, default_value_t = Descriptors::Auto)]
     descriptors: Descriptors,
 
     /// io_uring: provided buffers per worker (a power of two up to 32768).
@@ -251,7 +250,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         None => allowed,
     };
     let workers = cli.workers.unwrap_or(cpus.len()).max(1);
-    if workers > 1024 {
+    if workers > c10m_server::limits::MAX_WORKERS {
         bail!("--workers {workers} is more than 1024");
     }
     let uring_buffers =
@@ -290,7 +289,8 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         },
         uring_buffers,
         uring_turn_max: cli.uring_turn_max,
-        direct: cli.descriptors == Descriptors::Direct,
+        descriptors: cli.descriptors,
+        workers_given: cli.workers.is_some(),
     })
 }
 

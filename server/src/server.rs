@@ -59,9 +59,12 @@ pub struct ServerConfig {
     /// `--backend`: io_uring, epoll, or the best the kernel offers.
     pub backend: sys::BackendChoice,
     pub stats_format: StatsFormat,
-    /// `--descriptors direct`: io_uring direct descriptors (each worker's
-    /// ring holds its sessions in a file table of its own).
-    pub direct: bool,
+    /// `--descriptors`: the process's table, one per worker thread, io_uring
+    /// direct descriptors, or `auto` (resolved by [`limits::layout`]).
+    pub descriptors: limits::Descriptors,
+    /// The user gave `--workers`: a per-worker table layout keeps it rather
+    /// than growing the worker count to the tables --max-sessions needs.
+    pub workers_given: bool,
     /// io_uring provided-buffer ring per worker (hidden flags; default
     /// 4096 × 1 KiB).
     pub uring_buffers: sys::uring::BufferRing,
@@ -115,25 +118,36 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     if let Some(missing) = &selected.fallback {
         eprintln!("c10m-server: io_uring unavailable, using epoll: {missing}");
     }
-    if config.direct && !matches!(selected.backend, sys::Backend::Uring(_)) {
-        bail!(
-            "--descriptors direct needs the io_uring backend, and this server runs epoll \
-             ({}); use --descriptors plain",
-            selected.why
-        );
-    }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
-    let capacity = limits::session_capacity(&nofile, config.workers, config.direct);
+    let layout = limits::layout(
+        config.descriptors,
+        matches!(selected.backend, sys::Backend::Uring(_)),
+        config.max_sessions,
+        &nofile,
+        config.workers,
+        config.workers_given,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let n_workers = layout.workers;
+    let capacity = limits::session_capacity(&nofile, n_workers, layout.descriptors);
     let max_sessions = config.max_sessions.unwrap_or(capacity);
     announce_limits(&nofile, capacity);
+    if n_workers > config.workers {
+        eprintln!(
+            "c10m-server: {n_workers} workers (not {}): with --descriptors {} each worker's \
+             table holds {} sessions, and --max-sessions is {max_sessions}",
+            config.workers,
+            layout.descriptors.name(),
+            limits::per_worker_capacity(&nofile, layout.descriptors).unwrap_or(0),
+        );
+    }
     if let Some(warning) =
-        limits::capacity_warning(max_sessions, config.workers, &nofile, config.direct)
+        limits::capacity_warning(max_sessions, n_workers, &nofile, layout.descriptors)
     {
         eprintln!("c10m-server: {warning}");
     }
 
-    let (listeners, bound) =
-        bind_listeners(config.listen, config.workers, config.backlog, config.join)?;
+    let (listeners, bound) = bind_listeners(config.listen, n_workers, config.backlog, config.join)?;
     let admission = Arc::new(Admission::new(max_sessions));
     let tick = tick_for(config.idle_timeout.min(config.frame_timeout));
     let core = CoreConfig {
@@ -141,7 +155,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         idle_timeout_ticks: ticks(config.idle_timeout, tick),
         frame_timeout_ticks: ticks(config.frame_timeout, tick),
         spill_budget: config.spill_budget,
-        capacity: (max_sessions as usize / config.workers.max(1)).min(1 << 24) + 1024,
+        capacity: (max_sessions as usize / n_workers.max(1)).min(1 << 24) + 1024,
     };
     let overloaded = Arc::new(AtomicBool::new(false));
     let mut overload = OverloadSignal::for_listeners(
@@ -179,7 +193,9 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             stop: stop.clone(),
             uring_buffers: config.uring_buffers,
             uring_turn_max: config.uring_turn_max,
-            direct_slots: config.direct.then(|| limits::direct_slots(&nofile)),
+            direct_slots: (layout.descriptors == limits::Descriptors::Direct)
+                .then(|| limits::direct_slots(&nofile)),
+            private_table: layout.descriptors == limits::Descriptors::Thread,
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }
@@ -191,15 +207,15 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         &config,
         bound,
         &format!(
-            "backend={} backend_why={} descriptors={} workers={}",
+            "backend={} backend_why={} descriptors={} descriptors_why={} workers={}",
             selected.backend.name(),
             selected.why,
-            if config.direct {
-                format!("direct:{}-per-worker", limits::direct_slots(&nofile))
-            } else {
-                "plain".to_string()
+            match limits::per_worker_capacity(&nofile, layout.descriptors) {
+                Some(each) => format!("{}:{each}-per-worker", layout.descriptors.name()),
+                None => layout.descriptors.name().to_string(),
             },
-            config.workers
+            layout.why,
+            n_workers
         ),
         max_sessions,
     );

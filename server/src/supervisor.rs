@@ -79,7 +79,7 @@ pub fn plan(
             };
             // Children get one worker each once there are more than CPUs.
             let capacity =
-                limits::session_capacity(nofile, workers.unwrap_or(1), config.direct).max(1);
+                limits::session_capacity(nofile, workers.unwrap_or(1), child_tables(config)).max(1);
             ((max as f64 * HEADROOM / capacity as f64).ceil() as usize).max(1)
         }
     };
@@ -87,7 +87,7 @@ pub fn plan(
         bail!("--procs {k} is more than 4096 processes");
     }
     let workers = per_child_workers(k);
-    let capacity = limits::session_capacity(nofile, workers, config.direct);
+    let capacity = limits::session_capacity(nofile, workers, child_tables(config));
     let share = match config.max_sessions {
         Some(max) => ((max as f64 * HEADROOM / k as f64).ceil() as u64).min(capacity),
         None => capacity,
@@ -140,7 +140,7 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
     }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
     let specs = plan(&config, procs, workers, &nofile)?;
-    let per_child = limits::session_capacity(&nofile, specs[0].workers, config.direct);
+    let per_child = limits::session_capacity(&nofile, specs[0].workers, child_tables(&config));
     announce_limits(&nofile, per_child);
     let (_reservation, bound) = reserve_port(config.listen)?;
     let dir = tempfile::tempdir().context("creating a directory for child stats")?;
@@ -275,10 +275,7 @@ fn child_command(
             &config.uring_buffers.size.to_string(),
         ])
         .args(["--uring-turn-max", &config.uring_turn_max.to_string()])
-        .args([
-            "--descriptors",
-            if config.direct { "direct" } else { "plain" },
-        ])
+        .args(["--descriptors", child_tables(config).name()])
         .arg("--stats-json")
         .arg(&slot.stats_path)
         .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
@@ -292,6 +289,15 @@ fn child_command(
         cmd.arg("--profile").arg(svg);
     }
     cmd
+}
+
+/// The children's `--descriptors`: as asked, except that `auto` is
+/// `plain`, since children are sized to fit their process's table.
+fn child_tables(config: &ServerConfig) -> limits::Descriptors {
+    match config.descriptors {
+        limits::Descriptors::Auto => limits::Descriptors::Plain,
+        asked => asked,
+    }
 }
 
 fn backend_arg(choice: crate::sys::BackendChoice) -> String {
@@ -534,7 +540,8 @@ mod tests {
             backend: Default::default(),
             uring_buffers: Default::default(),
             uring_turn_max: crate::sys::uring::TURN_MAX,
-            direct: false,
+            descriptors: Default::default(),
+            workers_given: false,
         }
     }
 
@@ -553,7 +560,7 @@ mod tests {
             &NOFILE,
         )
         .unwrap();
-        let capacity = limits::session_capacity(&NOFILE, 1, false);
+        let capacity = limits::session_capacity(&NOFILE, 1, limits::Descriptors::Plain);
         assert_eq!(
             specs.len(),
             (1_100_000f64 / capacity as f64).ceil() as usize

@@ -27,6 +27,9 @@ macro_rules! backend_tests {
                 }
             } )*
         }
+        mod epoll_thread {
+            $( #[test] fn $name() { super::$name(super::Backend::EpollThread) } )*
+        }
     };
 }
 
@@ -334,7 +337,7 @@ fn an_exhausted_buffer_ring_rearms_without_losing_a_byte(backend: Backend) {
     let worker = &stopped.stats["workers"][0];
     assert_eq!(worker["recv_enobufs"], enobufs, "per-worker figure");
     match backend {
-        Backend::Uring | Backend::UringDirect => {
+        Backend::Uring | Backend::UringDirect | Backend::UringThread => {
             assert!(enobufs > 0, "the ring never ran dry: {}", stopped.stats);
             assert!(
                 rearms >= enobufs,
@@ -342,7 +345,9 @@ fn an_exhausted_buffer_ring_rearms_without_losing_a_byte(backend: Backend) {
                 stopped.stats
             );
         }
-        Backend::Epoll | Backend::Auto => assert_eq!((enobufs, rearms), (0, 0)),
+        Backend::Epoll | Backend::EpollThread | Backend::Auto => {
+            assert_eq!((enobufs, rearms), (0, 0))
+        }
     }
     assert_eq!(stopped.stats["closed"]["shutdown"], CLIENTS as u64);
 }
@@ -788,6 +793,8 @@ fn startup_line_names_the_backend_and_why(backend: Backend) {
     let (name, why, descriptors) = match backend {
         Backend::Uring => ("uring", "backend_why=forced,", "descriptors=plain "),
         Backend::UringDirect => ("uring", "backend_why=forced,", "descriptors=direct:"),
+        Backend::UringThread => ("uring", "backend_why=forced,", "descriptors=thread:"),
+        Backend::EpollThread => ("epoll", "backend_why=forced ", "descriptors=thread:"),
         _ => ("epoll", "backend_why=forced ", "descriptors=plain "),
     };
     assert!(line.contains(&format!(" backend={name} ")), "{line}");
@@ -799,26 +806,22 @@ fn startup_line_names_the_backend_and_why(backend: Backend) {
 
 /// With direct descriptors each worker's ring holds its sessions in a file
 /// table of its own (at most RLIMIT_NOFILE slots per ring), outside the
-/// process's descriptor table: one process holds more sessions than
-/// RLIMIT_NOFILE (issue 15). Here RLIMIT_NOFILE is 1 000 and two workers
-/// hold 1 500 sessions, every one answered, with a handful of descriptors
-/// in /proc/PID/fd.
-#[test]
-fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
+/// process's descriptor table; with `thread` each worker thread has a
+/// descriptor table of its own. Either way one process holds more sessions
+/// than RLIMIT_NOFILE (issue 15). Here RLIMIT_NOFILE is 1 000 and two
+/// workers hold 1 500 sessions, every one answered, with a handful of
+/// descriptors in the process's own table (/proc/PID/fd).
+fn per_worker_tables_hold_more_sessions_than_rlimit_nofile(backend: Backend, per_worker: &str) {
     const LIMIT: u64 = 1_000;
     const N: usize = 1_500;
-    if !Backend::UringDirect.available("direct_descriptors_hold_more_sessions_than_rlimit_nofile") {
+    if !backend.available("per_worker_tables_hold_more_sessions_than_rlimit_nofile") {
         return;
     }
     let _fds = light();
-    let server = Server::start_with(Backend::UringDirect, &["--workers", "2"], |cmd| {
-        limit_nofile(cmd, LIMIT)
-    });
+    let server = Server::start_with(backend, &["--workers", "2"], |cmd| limit_nofile(cmd, LIMIT));
     let line = server.startup_line();
-    assert!(
-        line.contains("descriptors=direct:1000-per-worker"),
-        "{line}"
-    );
+    assert!(line.contains(per_worker), "{line}");
+    assert!(line.contains(" workers=2 "), "{line}");
     let _clients = open_and_echo(&server, N);
     server.wait_stat("open", |v| v == N as u64, Duration::from_secs(10));
     let descriptors = std::fs::read_dir(format!("/proc/{}/fd", server.pid))
@@ -828,6 +831,20 @@ fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
         descriptors < 64,
         "{descriptors} descriptors in /proc/PID/fd for {N} sessions"
     );
+    if per_worker.starts_with("descriptors=thread") {
+        // The sessions are in the worker threads' own tables.
+        let mut in_threads = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", server.pid)).unwrap() {
+            let fd_dir = task.unwrap().path().join("fd");
+            let n = std::fs::read_dir(fd_dir).map_or(0, |d| d.count());
+            assert!(n < LIMIT as usize, "one thread holds {n} descriptors");
+            in_threads += n;
+        }
+        assert!(
+            in_threads > N,
+            "{in_threads} descriptors across the threads"
+        );
+    }
     let stopped = server.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     assert_eq!(stopped.stats["closed"]["shutdown"], N as u64);
@@ -836,6 +853,88 @@ fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
     for w in stopped.stats["workers"].as_array().unwrap() {
         let open = w["accepted"].as_u64().unwrap();
         assert!(open < LIMIT, "a worker took {open}: {w}");
+    }
+}
+
+#[test]
+fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
+    per_worker_tables_hold_more_sessions_than_rlimit_nofile(
+        Backend::UringDirect,
+        "descriptors=direct:938-per-worker",
+    );
+}
+
+#[test]
+fn thread_tables_on_epoll_hold_more_sessions_than_rlimit_nofile() {
+    per_worker_tables_hold_more_sessions_than_rlimit_nofile(
+        Backend::EpollThread,
+        "descriptors=thread:984-per-worker",
+    );
+}
+
+#[test]
+fn thread_tables_on_uring_hold_more_sessions_than_rlimit_nofile() {
+    per_worker_tables_hold_more_sessions_than_rlimit_nofile(
+        Backend::UringThread,
+        "descriptors=thread:984-per-worker",
+    );
+}
+
+/// `--descriptors auto` (the default) keeps the process's table while
+/// --max-sessions fits it, else takes a table per worker, and without
+/// --workers grows the workers to the tables needed, saying so.
+#[test]
+fn auto_layout_takes_per_worker_tables_past_the_process_table() {
+    let _fds = light();
+    let server = Server::start_with(
+        Backend::Epoll,
+        &["--descriptors", "auto", "--max-sessions", "3000"],
+        |cmd| limit_nofile(cmd, 1_000),
+    );
+    let line = server.startup_line();
+    // 3 000 sessions at 984 per worker table: 4 workers on 2 CPUs.
+    assert!(
+        line.contains(
+            "descriptors=thread:984-per-worker descriptors_why=auto:over-process-table,epoll \
+             workers=4 "
+        ),
+        "{line}"
+    );
+    let _clients = open_and_echo(&server, 3_000);
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("4 workers (not "),
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(stopped.stats["heartbeats"], 3_000);
+    assert_eq!(stopped.stats["accept_errors_fd"], 0);
+
+    let server = Server::start_with(Backend::Epoll, &["--descriptors", "auto"], |cmd| {
+        limit_nofile(cmd, 1_000)
+    });
+    assert!(
+        server
+            .startup_line()
+            .contains("descriptors=plain descriptors_why=auto:fits-process-table"),
+        "{}",
+        server.startup_line()
+    );
+    assert!(server.stop().status.success());
+    if Backend::Uring.available("auto_layout_takes_per_worker_tables_past_the_process_table") {
+        let server = Server::start_with(Backend::Auto, &["--max-sessions", "3000"], |cmd| {
+            limit_nofile(cmd, 1_000)
+        });
+        assert!(
+            server.startup_line().contains(
+                "descriptors=direct:938-per-worker \
+                 descriptors_why=auto:over-process-table,io_uring workers=4 "
+            ),
+            "{}",
+            server.startup_line()
+        );
+        assert!(server.stop().status.success());
     }
 }
 

@@ -50,9 +50,14 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<RunningWorker> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let name = format!("c10m-epoll-{}", setup.id);
-    let thread = std::thread::Builder::new()
-        .name(name)
-        .spawn(move || Worker::new(setup, poll)?.run())?;
+    let thread = std::thread::Builder::new().name(name).spawn(move || {
+        if setup.private_table {
+            // The waker's eventfd stays in the spawning thread's table (it
+            // writes it); its registration lives in the epoll instance.
+            super::private_fd_table(&[setup.listener.as_raw_fd(), poll.as_raw_fd()])?;
+        }
+        Worker::new(setup, poll)?.run()
+    })?;
     Ok(RunningWorker {
         thread,
         wake: Box::new(move || waker.wake()),

@@ -140,6 +140,9 @@ pub struct WorkerSetup {
     /// io_uring with direct descriptors: slots in the ring's registered
     /// file table (at most RLIMIT_NOFILE); `None`: plain descriptors.
     pub direct_slots: Option<u32>,
+    /// `--descriptors thread`: the worker thread gives itself a descriptor
+    /// table of its own ([`private_fd_table`]) before it opens anything.
+    pub private_table: bool,
 }
 
 /// Admission of accepted connections, the same for every backend: the
@@ -327,35 +330,63 @@ pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
 }
 
 /// Gives the calling thread a descriptor table of its own that holds only
-/// stdio (0, 1, 2). RLIMIT_NOFILE bounds each table, not the process, so
-/// threads that call this each hold up to RLIMIT_NOFILE descriptors: one
-/// process holds threads × RLIMIT_NOFILE sockets, plain descriptors and
-/// epoll included. Descriptors the thread opens from here on are invisible
-/// to the process's other threads (and to /proc/PID/fd, which lists the
-/// main thread's table: see /proc/PID/task/TID/fd), and close when the
-/// thread exits.
+/// stdio (0, 1, 2) and the descriptors in `keep`. RLIMIT_NOFILE bounds
+/// each table, not the process, so threads that call this each hold up to
+/// RLIMIT_NOFILE descriptors: one process holds threads × RLIMIT_NOFILE
+/// sockets, plain descriptors and epoll included. Descriptors the thread
+/// opens from here on are invisible to the process's other threads (and
+/// to /proc/PID/fd, which lists the main thread's table: see
+/// /proc/PID/task/TID/fd), and close when the thread exits. Descriptors
+/// kept are open in both tables (the file stays open until both close).
 ///
-/// One `close_range(3, ~0, CLOSE_RANGE_UNSHARE)` (Linux 5.9): the copy
-/// of the table keeps none of the process's other descriptors, so a socket
-/// another thread closes is not held open here. Older kernels get
-/// `unshare(CLONE_FILES)` and the copied descriptors closed one by one.
-pub fn private_fd_table() -> io::Result<()> {
+/// `close_range(…, CLOSE_RANGE_UNSHARE)` (Linux 5.9): the new table keeps
+/// none of the process's other descriptors, so a socket another thread
+/// closes is not held open here. Older kernels get `unshare(CLONE_FILES)`
+/// and the copied descriptors closed one by one.
+pub fn private_fd_table(keep: &[std::os::fd::RawFd]) -> io::Result<()> {
     const CLOSE_RANGE_UNSHARE: libc::c_uint = 1 << 1;
-    // SAFETY: close_range takes plain integers; it closes descriptors of
-    // the new private table only, which nothing in this thread uses yet
-    // (callers call it before opening anything).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_UNSHARE) };
-    if rc == 0 {
-        return Ok(());
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|fd| **fd > 2)
+        .map(|fd| *fd as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    // Ranges to close, between the kept descriptors; the last one (past
+    // the highest kept) is never empty and goes first, with the unshare.
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    let mut first = 3u32;
+    for &k in &keep {
+        if k > first {
+            ranges.push((first, k - 1));
+        }
+        first = k + 1;
     }
-    let err = io::Error::last_os_error();
-    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
-        return Err(err);
+    let close_range = |first: u32, last: u32, flags: libc::c_uint| {
+        // SAFETY: close_range takes plain integers. It closes descriptors
+        // of this thread's new private table only, none of which the
+        // caller uses: it named those it needs in `keep`.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    match close_range(first, u32::MAX, CLOSE_RANGE_UNSHARE) {
+        Ok(()) => {
+            for (a, b) in ranges {
+                close_range(a, b, 0)?;
+            }
+            return Ok(());
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) => {}
+        Err(e) => return Err(e),
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
     let copied: Vec<i32> = std::fs::read_dir("/proc/thread-self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd: &i32| *fd > 2 && !keep.contains(&(*fd as u32)))
         .collect();
     for fd in copied {
         // The directory's own descriptor is already closed: EBADF.

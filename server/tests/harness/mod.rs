@@ -32,23 +32,41 @@ pub enum Backend {
     Uring,
     /// io_uring with direct descriptors (`--descriptors direct`).
     UringDirect,
+    /// epoll with a descriptor table per worker thread (`--descriptors thread`).
+    EpollThread,
+    /// io_uring with a descriptor table per worker thread.
+    UringThread,
     /// `--backend auto`: only for the tests of backend selection.
     Auto,
 }
 
 impl Backend {
     pub fn args(self) -> Vec<String> {
-        match self {
-            Backend::Epoll => vec!["--backend".into(), "epoll".into()],
-            Backend::Uring => vec!["--backend".into(), "uring".into()],
-            Backend::UringDirect => vec![
-                "--backend".into(),
-                "uring".into(),
-                "--descriptors".into(),
-                "direct".into(),
-            ],
-            Backend::Auto => vec!["--backend".into(), "auto".into()],
+        // Each names its descriptors: `auto` would pick a per-worker
+        // table for the tests that ask for more sessions than a tiny
+        // RLIMIT_NOFILE holds.
+        let (backend, descriptors) = match self {
+            Backend::Epoll => ("epoll", "plain"),
+            Backend::Uring => ("uring", "plain"),
+            Backend::UringDirect => ("uring", "direct"),
+            Backend::EpollThread => ("epoll", "thread"),
+            Backend::UringThread => ("uring", "thread"),
+            Backend::Auto => return vec!["--backend".into(), "auto".into()],
+        };
+        ["--backend", backend, "--descriptors", descriptors]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// [`Self::args`], less `--descriptors` when the test names its own.
+    pub fn args_unless(self, extra: &[&str]) -> Vec<String> {
+        let mut args = self.args();
+        if extra.contains(&"--descriptors") {
+            if let Some(i) = args.iter().position(|a| a == "--descriptors") {
+                args.drain(i..i + 2);
+            }
         }
+        args
     }
 
     /// Whether this host can run the backend; says what is skipped if not.
@@ -58,7 +76,10 @@ impl Backend {
     /// fails, that is a failure; in CI (`CI` set) any missing io_uring is:
     /// CI runs on the same kind of machine as development, where it works.
     pub fn available(self, test: &str) -> bool {
-        if !matches!(self, Backend::Uring | Backend::UringDirect) {
+        if !matches!(
+            self,
+            Backend::Uring | Backend::UringDirect | Backend::UringThread
+        ) {
             return true;
         }
         match c10m_server::sys::uring::probe() {
@@ -112,7 +133,7 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0", "--stats-interval", "100ms"])
             .arg("--stats-json")
             .arg(dir.path().join("stats.json"))
-            .args(backend.args())
+            .args(backend.args_unless(args))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

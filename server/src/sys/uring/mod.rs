@@ -276,6 +276,14 @@ pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> 
     let thread = std::thread::Builder::new()
         .name(format!("c10m-uring-{}", setup.id))
         .spawn(move || {
+            if setup.private_table {
+                // Before the ring exists: its descriptor lands in the new table.
+                let keep = [setup.listener.as_raw_fd(), worker_wake.as_raw_fd()];
+                if let Err(e) = super::private_fd_table(&keep) {
+                    let _ = ready_tx.send(false);
+                    return Err(e);
+                }
+            }
             if setup.direct_slots.is_some() {
                 let worker = Worker::<Slot>::new(setup, support, worker_wake);
                 let _ = ready_tx.send(worker.is_ok());
