@@ -146,8 +146,9 @@ struct Cli {
 
     /// io_uring: provided buffers per worker (a power of two up to 32768).
     /// For tests and experiments: a tiny ring runs dry (ENOBUFS) at once.
-    #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_COUNT)]
-    uring_buffers: u16,
+    /// [default: 4096, or fewer when the workers outnumber the CPUs]
+    #[arg(long, hide = true)]
+    uring_buffers: Option<u16>,
 
     /// io_uring: bytes per provided buffer (longer input spans buffers).
     #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_SIZE)]
@@ -253,9 +254,12 @@ fn config(cli: Cli) -> Result<ServerConfig> {
     if workers > c10m_server::limits::MAX_WORKERS {
         bail!("--workers {workers} is more than 1024");
     }
-    let uring_buffers =
-        c10m_server::sys::uring::BufferRing::new(cli.uring_buffers, cli.uring_buffer_size)
-            .map_err(anyhow::Error::msg)?;
+    let uring_buffers = c10m_server::sys::uring::BufferRing::new(
+        cli.uring_buffers
+            .unwrap_or(c10m_server::sys::uring::BUF_COUNT),
+        cli.uring_buffer_size,
+    )
+    .map_err(anyhow::Error::msg)?;
     if !(1..=c10m_server::sys::uring::TURN_MAX).contains(&cli.uring_turn_max) {
         bail!(
             "--uring-turn-max {} is not from 1 to {}",
@@ -288,6 +292,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
             StatsFormat::Text
         },
         uring_buffers,
+        uring_buffers_given: cli.uring_buffers.is_some(),
         uring_turn_max: cli.uring_turn_max,
         descriptors: cli.descriptors,
         workers_given: cli.workers.is_some(),

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// io_uring provided-buffer ring per worker (hidden flags; default
     /// 4096 × 1 KiB).
     pub uring_buffers: sys::uring::BufferRing,
+    /// The user set the ring's buffer count (else a layout with more
+    /// workers than CPUs shrinks it: [`sys::uring::buffers_per_worker`]).
+    pub uring_buffers_given: bool,
     /// Most completions an io_uring turn takes (hidden flag; default
     /// [`sys::uring::TURN_MAX`]).
     pub uring_turn_max: usize,
@@ -147,6 +150,15 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         eprintln!("c10m-server: {warning}");
     }
 
+    let uring_buffers = if config.uring_buffers_given {
+        config.uring_buffers
+    } else {
+        sys::uring::BufferRing {
+            count: sys::uring::buffers_per_worker(config.cpus.len(), n_workers),
+            ..config.uring_buffers
+        }
+    };
+
     let (listeners, bound) = bind_listeners(config.listen, n_workers, config.backlog, config.join)?;
     let admission = Arc::new(Admission::new(max_sessions));
     let tick = tick_for(config.idle_timeout.min(config.frame_timeout));
@@ -191,7 +203,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             ),
             stats: worker_stats,
             stop: stop.clone(),
-            uring_buffers: config.uring_buffers,
+            uring_buffers,
             uring_turn_max: config.uring_turn_max,
             direct_slots: (layout.descriptors == limits::Descriptors::Direct)
                 .then(|| limits::direct_slots(&nofile)),
@@ -207,7 +219,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         &config,
         bound,
         &format!(
-            "backend={} backend_why={} descriptors={} descriptors_why={} workers={}",
+            "backend={} backend_why={} descriptors={} descriptors_why={} workers={}{}",
             selected.backend.name(),
             selected.why,
             match limits::per_worker_capacity(&nofile, layout.descriptors) {
@@ -215,7 +227,11 @@ pub fn run(config: ServerConfig) -> Result<Report> {
                 None => layout.descriptors.name().to_string(),
             },
             layout.why,
-            n_workers
+            n_workers,
+            match selected.backend {
+                sys::Backend::Uring(_) => format!(" uring_buffers={}", uring_buffers.count),
+                sys::Backend::Epoll => String::new(),
+            }
         ),
         max_sessions,
     );

@@ -539,6 +539,7 @@ mod tests {
             stats_format: StatsFormat::Text,
             backend: Default::default(),
             uring_buffers: Default::default(),
+            uring_buffers_given: false,
             uring_turn_max: crate::sys::uring::TURN_MAX,
             descriptors: Default::default(),
             workers_given: false,

@@ -95,9 +95,18 @@ fn descriptor_advice(plan: &Plan, changes: &mut Vec<String>) {
         } else {
             String::new()
         };
+        // RLIMIT_NOFILE bounds each descriptor table, and the server and
+        // loadgen give each worker its own: one process per role holds the
+        // sessions with enough workers.
+        let tables = n.div_ceil(plan.per_process_max.max(1));
         changes.push(format!(
             "the hard RLIMIT_NOFILE is {} and cannot be raised here (no CAP_SYS_RESOURCE), \
-             so one process holds at most {} sessions: run {split}{soft}",
+             so one descriptor table holds at most {} sessions. It bounds each table, not the \
+             process: run one process per role with a table per worker — c10m-server \
+             --max-sessions {n} (its --descriptors auto takes io_uring direct descriptors, \
+             else a table per worker thread, and {tables} or more workers) and c10m-loadgen \
+             (each driver thread has its own table: {tables} or more drivers) — or run \
+             {split}{soft}",
             grouped(facts.nofile_hard),
             grouped(plan.per_process_max)
         ));

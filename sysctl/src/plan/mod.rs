@@ -390,6 +390,13 @@ mod tests {
             &plan,
             "run 52 server processes of at most 19,786"
         ));
+        // The limit bounds each table: one process per role, a table per worker.
+        assert!(has_change(
+            &plan,
+            "run one process per role with a table per worker"
+        ));
+        assert!(has_change(&plan, "and 51 or more workers"));
+        assert!(has_change(&plan, "51 or more drivers"));
         assert!(has_change(&plan, "only if conntrack starts tracking"));
         assert!(plan.notes[0].contains("two sockets"));
         assert!(plan
