@@ -174,6 +174,78 @@ pub fn layout(
     })
 }
 
+/// RLIMIT_MEMLOCK after raising its soft limit to the hard one, and
+/// whether this process has CAP_IPC_LOCK (which exempts it).
+///
+/// Without CAP_IPC_LOCK the kernel counts every io_uring ring's memory
+/// (SQ, CQ, provided-buffer ring entries) against the user's
+/// RLIMIT_MEMLOCK: with the common 8 MiB, 29 worker rings fit and the 30th
+/// fails with ENOMEM (measured on Linux 6.18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemLock {
+    pub soft: u64,
+    pub hard: u64,
+    pub ipc_lock: bool,
+}
+
+impl MemLock {
+    /// Raises the soft limit to the hard one (no privilege needed) and
+    /// reads CAP_IPC_LOCK from /proc/self/status.
+    pub fn raise() -> MemLock {
+        let (mut soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).unwrap_or((0, 0));
+        if soft < hard && setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard).is_ok() {
+            soft = hard;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        MemLock {
+            soft,
+            hard,
+            ipc_lock: has_capability(&status, CAP_IPC_LOCK),
+        }
+    }
+
+    /// How many rings of `ring_bytes` fit, or `None` when unbounded.
+    pub fn rings_that_fit(&self, ring_bytes: u64) -> Option<u64> {
+        if self.ipc_lock || self.soft == u64::MAX || self.soft == libc::RLIM_INFINITY {
+            return None;
+        }
+        Some(self.soft / ring_bytes.max(1))
+    }
+
+    /// Why `rings` rings of `ring_bytes` cannot be set up, naming the limit,
+    /// its value and the fixes; `None` when they fit.
+    pub fn shortfall(&self, rings: u64, ring_bytes: u64) -> Option<String> {
+        let fit = self.rings_that_fit(ring_bytes)?;
+        if rings <= fit {
+            return None;
+        }
+        let need_kib = (rings * ring_bytes).div_ceil(1024);
+        Some(format!(
+            "RLIMIT_MEMLOCK is {} KiB (hard {} KiB) and this process lacks CAP_IPC_LOCK, so the \
+             kernel counts io_uring ring memory against it: {rings} worker rings of ~{} KiB \
+             need {need_kib} KiB, and {fit} fit. Raise it (ulimit -l {need_kib}, \
+             LimitMEMLOCK={} in the systemd unit, a memlock line in limits.conf), grant \
+             CAP_IPC_LOCK, or use --backend epoll (--descriptors thread holds as many sessions)",
+            self.soft / 1024,
+            self.hard / 1024,
+            ring_bytes.div_ceil(1024),
+            need_kib * 1024,
+        ))
+    }
+}
+
+/// CAP_IPC_LOCK's bit in the capability sets.
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether bit `cap` is set in the `CapEff:` line of a /proc/PID/status.
+fn has_capability(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|bits| bits & (1 << cap) != 0)
+}
+
 /// Reads an integer sysctl such as `fs/file-max`; `None` if unreadable.
 pub fn read_sysctl(path: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
@@ -326,6 +398,36 @@ mod tests {
             e.contains("--descriptors direct needs the io_uring backend"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn memlock_names_the_limit_the_rings_need_and_the_fixes() {
+        let m = MemLock {
+            soft: 8 << 20,
+            hard: 8 << 20,
+            ipc_lock: false,
+        };
+        let ring = 280 * 1024;
+        assert_eq!(m.rings_that_fit(ring), Some(29));
+        assert!(m.shortfall(29, ring).is_none());
+        let w = m.shortfall(51, ring).unwrap();
+        assert!(w.contains("RLIMIT_MEMLOCK is 8192 KiB"), "{w}");
+        assert!(
+            w.contains("51 worker rings of ~280 KiB need 14280 KiB, and 29 fit"),
+            "{w}"
+        );
+        assert!(w.contains("ulimit -l 14280"), "{w}");
+        assert!(w.contains("CAP_IPC_LOCK"), "{w}");
+        let privileged = MemLock {
+            ipc_lock: true,
+            ..m
+        };
+        assert!(privileged.shortfall(1_000, ring).is_none());
+        assert!(has_capability(
+            "Name:\tx\nCapEff:\t0000000000004000\n",
+            CAP_IPC_LOCK
+        ));
+        assert!(!has_capability("CapEff:\t000001ffffffbfff\n", CAP_IPC_LOCK));
     }
 
     #[test]

@@ -131,6 +131,40 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         config.workers_given,
     )
     .map_err(anyhow::Error::msg)?;
+    let mut layout = layout;
+    let mut selected = selected;
+    // Without CAP_IPC_LOCK every worker ring is charged to RLIMIT_MEMLOCK:
+    // `auto` falls back to epoll (a table per worker thread holds as many
+    // sessions), a forced `uring` stops here naming the limit.
+    let memlock = limits::MemLock::raise();
+    if matches!(selected.backend, sys::Backend::Uring(_)) {
+        let buffers = if config.uring_buffers_given {
+            config.uring_buffers.count
+        } else {
+            sys::uring::buffers_per_worker(config.cpus.len(), layout.workers)
+        };
+        let ring = sys::uring::ring_memlock_bytes(buffers);
+        if let Some(why) = memlock.shortfall(layout.workers as u64, ring) {
+            if config.backend != sys::BackendChoice::Auto {
+                bail!("--backend uring: {why}");
+            }
+            eprintln!("c10m-server: io_uring does not fit RLIMIT_MEMLOCK, using epoll: {why}");
+            selected = sys::Selected {
+                backend: sys::Backend::Epoll,
+                why: "auto:memlock".to_string(),
+                fallback: None,
+            };
+            layout = limits::layout(
+                config.descriptors,
+                false,
+                config.max_sessions,
+                &nofile,
+                config.workers,
+                config.workers_given,
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+    }
     let n_workers = layout.workers;
     let capacity = limits::session_capacity(&nofile, n_workers, layout.descriptors);
     let max_sessions = config.max_sessions.unwrap_or(capacity);

@@ -938,6 +938,93 @@ fn auto_layout_takes_per_worker_tables_past_the_process_table() {
     }
 }
 
+/// Drops CAP_IPC_LOCK (from the bounding set: root's capabilities after
+/// exec come from it) and sets RLIMIT_MEMLOCK to `bytes`, as in a container.
+/// False when this test process may not drop capabilities.
+fn as_container_without_ipc_lock(cmd: &mut std::process::Command, bytes: u64) -> bool {
+    use std::os::unix::process::CommandExt;
+    const CAP_IPC_LOCK: libc::c_ulong = 14;
+    // SAFETY: prctl(PR_CAPBSET_READ) reads a flag of this process.
+    if unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_IPC_LOCK, 0, 0, 0) } != 1 {
+        return false;
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only prctl and setrlimit, both async-signal-safe; it touches no locks
+    // or allocations of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+                bytes,
+                bytes,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    true
+}
+
+/// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK
+/// (8 MiB: 29 worker rings). A million sessions need 51 workers: `auto`
+/// takes epoll with a descriptor table per worker thread and says why; a
+/// forced `uring` stops with the limit, its value and the fixes.
+#[test]
+fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
+    if !Backend::Uring.available("io_uring_rings_past_rlimit_memlock_fall_back_to_epoll") {
+        return;
+    }
+    let _fds = light();
+    let mut probe = std::process::Command::new("true");
+    if !as_container_without_ipc_lock(&mut probe, 8 << 20) || !probe.status().unwrap().success() {
+        eprintln!("SKIPPED: this test process may not drop CAP_IPC_LOCK");
+        return;
+    }
+    let server = Server::start_with(Backend::Auto, &["--max-sessions", "1000000"], |cmd| {
+        assert!(as_container_without_ipc_lock(cmd, 8 << 20));
+    });
+    let line = server.startup_line();
+    assert!(
+        line.contains(
+            "backend=epoll backend_why=auto:memlock descriptors=thread:19984-per-worker \
+             descriptors_why=auto:over-process-table,epoll workers=51 "
+        ),
+        "{line}"
+    );
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains(
+            "io_uring does not fit RLIMIT_MEMLOCK, using epoll: RLIMIT_MEMLOCK is 8192 KiB"
+        ),
+        "{}",
+        stopped.stderr
+    );
+
+    let mut forced = std::process::Command::new(env!("CARGO_BIN_EXE_c10m-server"));
+    forced.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "uring",
+        "--max-sessions",
+        "1000000",
+    ]);
+    assert!(as_container_without_ipc_lock(&mut forced, 8 << 20));
+    let out = forced.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--backend uring: RLIMIT_MEMLOCK is 8192 KiB"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("51 worker rings of ~276 KiB"), "{stderr}");
+    assert!(stderr.contains("ulimit -l"), "{stderr}");
+}
+
 /// `--descriptors direct` on the epoll backend is refused in one line.
 #[test]
 fn direct_descriptors_need_io_uring() {

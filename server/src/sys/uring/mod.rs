@@ -180,6 +180,17 @@ impl BufferRing {
     }
 }
 
+/// RLIMIT_MEMLOCK one worker ring is charged when the process lacks
+/// CAP_IPC_LOCK: its SQE array, its CQ with the SQ index ring, and its
+/// provided-buffer ring's entries, each in whole pages. 276 KiB with 512
+/// buffers: 29 fit in 8 MiB and the 30th fails with ENOMEM, as measured
+/// (Linux 6.18, `results/direct/threads-per-core/README.md`).
+pub fn ring_memlock_bytes(buffers: u16) -> u64 {
+    let pages = |bytes: u64| bytes.div_ceil(4096) * 4096;
+    let (sq, cq) = (u64::from(SQ_ENTRIES), u64::from(CQ_ENTRIES));
+    pages(sq * 64) + pages(256 + cq * 16 + sq * 4) + pages(u64::from(buffers) * 16)
+}
+
 /// Fewest provided buffers [`buffers_per_worker`] gives a ring: the
 /// million campaigns ran 51–54 rings of 512 with no ENOBUFS.
 pub const MIN_BUF_COUNT: u16 = 512;
@@ -431,7 +442,16 @@ impl<D: Descriptor> Worker<D> {
     fn new(setup: WorkerSetup, support: Support, wake_fd: Arc<OwnedFd>) -> io::Result<Self> {
         pin_worker(setup.id, setup.cpu);
         let context = |what: &'static str| {
-            move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
+            move |e: io::Error| {
+                let memlock = if e.raw_os_error() == Some(libc::ENOMEM) {
+                    "; without CAP_IPC_LOCK every io_uring ring (this user's other \
+                     processes' too) counts against RLIMIT_MEMLOCK: raise it (ulimit -l, \
+                     LimitMEMLOCK=) or use --backend epoll"
+                } else {
+                    ""
+                };
+                io::Error::new(e.kind(), format!("{what}: {e}{memlock}"))
+            }
         };
         let ring = support
             .mode
@@ -809,6 +829,14 @@ fn transient(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ring_is_charged_what_was_measured_against_memlock() {
+        // 29 rings of 512 buffers fit in 8 MiB, 30 do not (measured).
+        let ring = ring_memlock_bytes(512);
+        assert_eq!((8 << 20) / ring, 29);
+        assert!(ring_memlock_bytes(4096) > ring);
+    }
 
     #[test]
     fn rings_shrink_only_when_workers_outnumber_cpus() {

@@ -77,6 +77,11 @@ pub enum Missing {
          kernel.io_uring_disabled, not built in, or blocked by a seccomp profile"
     )]
     Refused(String),
+    #[error(
+        "io_uring_setup failed with ENOMEM: RLIMIT_MEMLOCK is {0} KiB and this process lacks \
+         CAP_IPC_LOCK, so ring memory counts against it; raise it (ulimit -l, LimitMEMLOCK=)"
+    )]
+    Memlock(u64),
     #[error("io_uring lacks {0}")]
     Feature(&'static str),
     #[error("io_uring lacks the {0} operation")]
@@ -94,6 +99,7 @@ impl Missing {
     pub fn token(&self) -> String {
         match self {
             Missing::Refused(_) => "io_uring-refused".into(),
+            Missing::Memlock(_) => "memlock".into(),
             Missing::Feature(_) => "no-ext-arg".into(),
             Missing::Opcode(op) => format!("no-op-{}", op.to_ascii_lowercase()),
             Missing::BufRing(_) => "no-buffer-ring".into(),
@@ -175,6 +181,14 @@ fn first_ring() -> Result<(IoUring, SetupMode), Missing> {
                 ) =>
             {
                 return Err(Missing::Refused(e.to_string()))
+            }
+            // Ring memory charged to a too small RLIMIT_MEMLOCK.
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                let memlock = crate::limits::MemLock::raise();
+                if !memlock.ipc_lock {
+                    return Err(Missing::Memlock(memlock.soft / 1024));
+                }
+                refusal = Some(e);
             }
             Err(e) => refusal = Some(e),
         }
