@@ -53,7 +53,7 @@ pub fn direct_ring_capacity(slots: u64) -> u64 {
 /// at most RLIMIT_NOFILE (soft) per ring, and counts none of them in the
 /// process's descriptor table.
 pub fn direct_slots(nofile: &NoFile) -> u32 {
-    nofile.soft.min(u64::from(u32::MAX)) as u32
+    nofile.soft.min(u64::from(crate::sys::uring::MAX_SLOTS)) as u32
 }
 
 /// Where the sessions' descriptors live (`--descriptors`).
@@ -90,8 +90,8 @@ impl Descriptors {
 /// descriptor, and slack for a refused connection in flight.
 pub const THREAD_RESERVE: u64 = 16;
 
-/// Sessions one worker's own table holds (thread or direct), or `None`
-/// for the shared process table.
+/// Sessions one table holds (a worker thread's, or one of a worker's
+/// io_uring rings'), or `None` for the shared process table.
 pub fn per_worker_capacity(nofile: &NoFile, descriptors: Descriptors) -> Option<u64> {
     match descriptors {
         Descriptors::Thread => Some(nofile.soft.saturating_sub(THREAD_RESERVE)),
@@ -114,23 +114,37 @@ pub fn session_capacity(nofile: &NoFile, workers: usize, descriptors: Descriptor
 pub const MAX_WORKERS: usize = 1024;
 
 /// How one server process holds its sessions: the resolved
-/// `--descriptors`, the worker count, and why (for the start-up line).
+/// `--descriptors`, the worker count, the rings each worker owns, and why
+/// (for the start-up line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// Never `Auto`.
     pub descriptors: Descriptors,
     pub workers: usize,
+    /// io_uring rings per worker, each with a table of its own (`direct`);
+    /// 1 otherwise.
+    pub rings: usize,
     /// One token without spaces, e.g. `auto:over-process-table,io_uring`.
     pub why: String,
 }
 
-/// Resolves `--descriptors` and the worker count for one process.
+impl Layout {
+    /// Sessions the process holds under its descriptor limits.
+    pub fn capacity(&self, nofile: &NoFile) -> u64 {
+        self.rings as u64 * session_capacity(nofile, self.workers, self.descriptors)
+    }
+}
+
+/// Resolves `--descriptors`, the worker count and the rings per worker for
+/// one process.
 ///
 /// `auto`: `plain` while `max_sessions` fits the process's table (or is
-/// unset), else `direct` with io_uring, else `thread`. Unless the user
-/// gave `--workers`, a per-worker table layout gets as many workers as
-/// `max_sessions` needs tables (threads may outnumber CPUs); a given
-/// `--workers` is kept, and [`capacity_warning`] says what it misses.
+/// unset), else `direct` with io_uring, else `thread`. With `direct` each
+/// worker owns as many io_uring rings as `max_sessions` needs tables (a
+/// worker per CPU, whatever the sessions). With `thread`, unless the user
+/// gave `--workers`, the workers grow to the tables `max_sessions` needs
+/// (threads may outnumber CPUs); a given `--workers` is kept, and
+/// [`capacity_warning`] says what it misses.
 pub fn layout(
     asked: Descriptors,
     uring: bool,
@@ -159,17 +173,20 @@ pub fn layout(
         forced => (forced, "forced"),
     };
     let mut workers = workers.max(1);
-    if let (false, Some(max), Some(each)) = (
-        workers_given,
-        max_sessions,
-        per_worker_capacity(nofile, descriptors),
-    ) {
-        let need = max.div_ceil(each.max(1)).min(MAX_WORKERS as u64) as usize;
-        workers = workers.max(need);
+    let mut rings = 1;
+    if let (Some(max), Some(each)) = (max_sessions, per_worker_capacity(nofile, descriptors)) {
+        let tables = max.div_ceil(each.max(1));
+        if descriptors == Descriptors::Direct {
+            rings =
+                (tables.div_ceil(workers as u64) as usize).clamp(1, crate::sys::uring::MAX_SHARDS);
+        } else if !workers_given {
+            workers = workers.max(tables.min(MAX_WORKERS as u64) as usize);
+        }
     }
     Ok(Layout {
         descriptors,
         workers,
+        rings,
         why: why.to_string(),
     })
 }
@@ -374,17 +391,33 @@ mod tests {
         assert_eq!(l.why, "auto:fits-process-table");
         let l = pick(Descriptors::Auto, true, Some(19_976), 2, false);
         assert_eq!(l.descriptors, Descriptors::Plain);
+        // io_uring: a worker per CPU, each with as many rings as needed.
         let l = pick(Descriptors::Auto, true, Some(1_000_000), 2, false);
-        assert_eq!((l.descriptors, l.workers), (Descriptors::Direct, 51));
+        assert_eq!(
+            (l.descriptors, l.workers, l.rings),
+            (Descriptors::Direct, 2, 26)
+        );
         assert_eq!(l.why, "auto:over-process-table,io_uring");
-        assert!(session_capacity(&n, l.workers, l.descriptors) >= 1_000_000);
-        assert!(session_capacity(&n, l.workers - 1, l.descriptors) < 1_000_000);
+        assert!(l.capacity(&n) >= 1_000_000);
+        assert!(
+            Layout {
+                rings: 25,
+                ..l.clone()
+            }
+            .capacity(&n)
+                < 1_000_000
+        );
+        let l = pick(Descriptors::Direct, true, Some(1_000_000), 54, true);
+        assert_eq!((l.workers, l.rings), (54, 1));
         let l = pick(Descriptors::Auto, false, Some(1_000_000), 2, false);
         assert_eq!((l.descriptors, l.workers), (Descriptors::Thread, 51));
         assert_eq!(l.why, "auto:over-process-table,epoll");
-        // More CPUs than tables needed: one worker per CPU still.
+        // More CPUs than tables needed: one worker per CPU, one ring each.
         let l = pick(Descriptors::Auto, true, Some(30_000), 8, false);
-        assert_eq!((l.descriptors, l.workers), (Descriptors::Direct, 8));
+        assert_eq!(
+            (l.descriptors, l.workers, l.rings),
+            (Descriptors::Direct, 8, 1)
+        );
         // A given --workers is kept (the capacity warning speaks).
         let l = pick(Descriptors::Thread, false, Some(1_000_000), 4, true);
         assert_eq!(

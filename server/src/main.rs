@@ -159,6 +159,12 @@ struct Cli {
     #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::TURN_MAX)]
     uring_turn_max: usize,
 
+    /// io_uring with direct descriptors: at least this many rings per
+    /// worker (the rest of the layout as usual). For tests of the
+    /// several-rings path without a large --max-sessions.
+    #[arg(long, hide = true, default_value_t = 0)]
+    uring_rings: usize,
+
     /// Join a port other server processes already listen on (SO_REUSEPORT)
     /// instead of refusing it as in use (used by --procs children).
     #[arg(long, hide = true)]
@@ -293,6 +299,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         },
         uring_buffers,
         uring_buffers_given: cli.uring_buffers.is_some(),
+        uring_rings: cli.uring_rings,
         uring_turn_max: cli.uring_turn_max,
         descriptors: cli.descriptors,
         workers_given: cli.workers.is_some(),

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// The user set the ring's buffer count (else a layout with more
     /// workers than CPUs shrinks it: [`sys::uring::buffers_per_worker`]).
     pub uring_buffers_given: bool,
+    /// Direct descriptors: at least this many rings per worker (hidden
+    /// `--uring-rings`, for tests; 0: as the sessions need).
+    pub uring_rings: usize,
     /// Most completions an io_uring turn takes (hidden flag; default
     /// [`sys::uring::TURN_MAX`]).
     pub uring_turn_max: usize,
@@ -132,6 +135,12 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     )
     .map_err(anyhow::Error::msg)?;
     let mut layout = layout;
+    if layout.descriptors == limits::Descriptors::Direct {
+        layout.rings = layout
+            .rings
+            .max(config.uring_rings)
+            .min(sys::uring::MAX_SHARDS);
+    }
     let mut selected = selected;
     // Without CAP_IPC_LOCK every worker ring is charged to RLIMIT_MEMLOCK:
     // `auto` falls back to epoll (a table per worker thread holds as many
@@ -141,10 +150,11 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         let buffers = if config.uring_buffers_given {
             config.uring_buffers.count
         } else {
-            sys::uring::buffers_per_worker(config.cpus.len(), layout.workers)
+            sys::uring::buffers_per_ring(config.cpus.len(), layout.workers, layout.rings)
         };
-        let ring = sys::uring::ring_memlock_bytes(buffers);
-        if let Some(why) = memlock.shortfall(layout.workers as u64, ring) {
+        let ring = sys::uring::ring_memlock_bytes(layout.rings, buffers);
+        let rings = (layout.workers * layout.rings) as u64;
+        if let Some(why) = memlock.shortfall(rings, ring) {
             if config.backend != sys::BackendChoice::Auto {
                 bail!("--backend uring: {why}");
             }
@@ -166,7 +176,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         }
     }
     let n_workers = layout.workers;
-    let capacity = limits::session_capacity(&nofile, n_workers, layout.descriptors);
+    let capacity = layout.capacity(&nofile);
     let max_sessions = config.max_sessions.unwrap_or(capacity);
     announce_limits(&nofile, capacity);
     if n_workers > config.workers {
@@ -180,6 +190,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     }
     if let Some(warning) =
         limits::capacity_warning(max_sessions, n_workers, &nofile, layout.descriptors)
+            .filter(|_| max_sessions > capacity)
     {
         eprintln!("c10m-server: {warning}");
     }
@@ -188,7 +199,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         config.uring_buffers
     } else {
         sys::uring::BufferRing {
-            count: sys::uring::buffers_per_worker(config.cpus.len(), n_workers),
+            count: sys::uring::buffers_per_ring(config.cpus.len(), n_workers, layout.rings),
             ..config.uring_buffers
         }
     };
@@ -241,6 +252,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             uring_turn_max: config.uring_turn_max,
             direct_slots: (layout.descriptors == limits::Descriptors::Direct)
                 .then(|| limits::direct_slots(&nofile)),
+            direct_rings: layout.rings,
             private_table: layout.descriptors == limits::Descriptors::Thread,
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
@@ -256,15 +268,23 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             "backend={} backend_why={} descriptors={} descriptors_why={} workers={}{}",
             selected.backend.name(),
             selected.why,
-            match limits::per_worker_capacity(&nofile, layout.descriptors) {
-                Some(each) => format!("{}:{each}-per-worker", layout.descriptors.name()),
-                None => layout.descriptors.name().to_string(),
+            match (
+                limits::per_worker_capacity(&nofile, layout.descriptors),
+                layout.descriptors
+            ) {
+                (Some(each), limits::Descriptors::Direct) => format!("direct:{each}-per-ring"),
+                (Some(each), d) => format!("{}:{each}-per-worker", d.name()),
+                (None, d) => d.name().to_string(),
             },
             layout.why,
             n_workers,
-            match selected.backend {
-                sys::Backend::Uring(_) => format!(" uring_buffers={}", uring_buffers.count),
-                sys::Backend::Epoll => String::new(),
+            match (selected.backend, layout.descriptors) {
+                (sys::Backend::Uring(_), limits::Descriptors::Direct) => format!(
+                    " rings_per_worker={} uring_buffers={}",
+                    layout.rings, uring_buffers.count
+                ),
+                (sys::Backend::Uring(_), _) => format!(" uring_buffers={}", uring_buffers.count),
+                (sys::Backend::Epoll, _) => String::new(),
             }
         ),
         max_sessions,

@@ -275,6 +275,7 @@ fn child_command(
             &config.uring_buffers.size.to_string(),
         ])
         .args(["--uring-turn-max", &config.uring_turn_max.to_string()])
+        .args(["--uring-rings", &config.uring_rings.to_string()])
         .args(["--descriptors", child_tables(config).name()])
         .arg("--stats-json")
         .arg(&slot.stats_path)
@@ -540,6 +541,7 @@ mod tests {
             backend: Default::default(),
             uring_buffers: Default::default(),
             uring_buffers_given: false,
+            uring_rings: 0,
             uring_turn_max: crate::sys::uring::TURN_MAX,
             descriptors: Default::default(),
             workers_given: false,

@@ -27,6 +27,13 @@ macro_rules! backend_tests {
                 }
             } )*
         }
+        mod uring_rings {
+            $( #[test] fn $name() {
+                if super::Backend::UringRings.available(stringify!($name)) {
+                    super::$name(super::Backend::UringRings)
+                }
+            } )*
+        }
         mod epoll_thread {
             $( #[test] fn $name() { super::$name(super::Backend::EpollThread) } )*
         }
@@ -337,7 +344,7 @@ fn an_exhausted_buffer_ring_rearms_without_losing_a_byte(backend: Backend) {
     let worker = &stopped.stats["workers"][0];
     assert_eq!(worker["recv_enobufs"], enobufs, "per-worker figure");
     match backend {
-        Backend::Uring | Backend::UringDirect | Backend::UringThread => {
+        Backend::Uring | Backend::UringDirect | Backend::UringThread | Backend::UringRings => {
             assert!(enobufs > 0, "the ring never ran dry: {}", stopped.stats);
             assert!(
                 rearms >= enobufs,
@@ -724,22 +731,31 @@ fn reader_that_stops_reading_is_bounded_then_served(backend: Backend) {
 /// the waiting connections once descriptors free up.
 fn descriptor_exhaustion_pauses_accept_without_spinning(backend: Backend) {
     let _fds = light();
-    let server = Server::start_with(
-        backend,
-        &["--workers", "1", "--max-sessions", "1000"],
-        |cmd| {
-            cmd.env("C10M_TEST", "1");
-            limit_nofile(cmd, 48);
-        },
-    );
-    assert!(server.stderr().contains("cannot be met") || wait_for_stderr(&server, "cannot be met"));
-    let mut clients: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
-    if backend == Backend::UringDirect {
-        // A direct table of 48 slots keeps 3 for answering: 45 sessions
-        // are held and the other 15 connections are refused busy at once
-        // rather than left waiting unanswered in the listen queue.
+    // Direct descriptors: each ring's table of 48 slots keeps 3 for
+    // answering, so a worker holds 45 per ring (1 ring, or 3 with
+    // UringRings); without --max-sessions the rings do not grow.
+    let direct_rings = match backend {
+        Backend::UringDirect => Some(1),
+        Backend::UringRings => Some(3),
+        _ => None,
+    };
+    let args: &[&str] = if direct_rings.is_some() {
+        &["--workers", "1"]
+    } else {
+        &["--workers", "1", "--max-sessions", "1000"]
+    };
+    let server = Server::start_with(backend, args, |cmd| {
+        cmd.env("C10M_TEST", "1");
+        limit_nofile(cmd, 48);
+    });
+    if let Some(rings) = direct_rings {
+        // The sessions the rings hold are held; the other 15 connections
+        // are refused busy at once rather than left waiting unanswered in
+        // the listen queue.
+        let held = 45 * rings;
+        let mut clients: Vec<TcpStream> = (0..held + 15).map(|_| server.connect()).collect();
         let line = server.wait_stat("rejected", |v| v == 15, Duration::from_secs(5));
-        assert_eq!(stat(&line, "open"), Some(45), "{line}");
+        assert_eq!(stat(&line, "open"), Some(held as u64), "{line}");
         let mut busy = 0;
         for c in clients.iter_mut() {
             c.write_all(b"PING\r\n").unwrap();
@@ -752,10 +768,12 @@ fn descriptor_exhaustion_pauses_accept_without_spinning(backend: Backend) {
         }
         assert_eq!(busy, 15);
         let stopped = server.stop();
-        assert_eq!(stopped.stats["accepted"], 45);
+        assert_eq!(stopped.stats["accepted"], held as u64);
         assert_eq!(stopped.stats["rejected"], 15);
         return;
     }
+    assert!(server.stderr().contains("cannot be met") || wait_for_stderr(&server, "cannot be met"));
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| server.connect()).collect();
     let line = server.wait_stat("accept_fd_errors", |v| v > 0, Duration::from_secs(5));
     let held = stat(&line, "open").unwrap() as usize;
     // Plain descriptors share the 48 with the server's own; a direct
@@ -794,6 +812,7 @@ fn startup_line_names_the_backend_and_why(backend: Backend) {
         Backend::Uring => ("uring", "backend_why=forced,", "descriptors=plain "),
         Backend::UringDirect => ("uring", "backend_why=forced,", "descriptors=direct:"),
         Backend::UringThread => ("uring", "backend_why=forced,", "descriptors=thread:"),
+        Backend::UringRings => ("uring", "backend_why=forced,", "descriptors=direct:"),
         Backend::EpollThread => ("epoll", "backend_why=forced ", "descriptors=thread:"),
         _ => ("epoll", "backend_why=forced ", "descriptors=plain "),
     };
@@ -860,7 +879,7 @@ fn per_worker_tables_hold_more_sessions_than_rlimit_nofile(backend: Backend, per
 fn direct_descriptors_hold_more_sessions_than_rlimit_nofile() {
     per_worker_tables_hold_more_sessions_than_rlimit_nofile(
         Backend::UringDirect,
-        "descriptors=direct:938-per-worker",
+        "descriptors=direct:938-per-ring",
     );
 }
 
@@ -928,8 +947,8 @@ fn auto_layout_takes_per_worker_tables_past_the_process_table() {
         });
         assert!(
             server.startup_line().contains(
-                "descriptors=direct:938-per-worker \
-                 descriptors_why=auto:over-process-table,io_uring workers=4 "
+                "descriptors=direct:938-per-ring \
+                 descriptors_why=auto:over-process-table,io_uring workers=2 rings_per_worker=2 "
             ),
             "{}",
             server.startup_line()
@@ -967,10 +986,11 @@ fn as_container_without_ipc_lock(cmd: &mut std::process::Command, bytes: u64) ->
     true
 }
 
-/// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK
-/// (8 MiB: 29 worker rings). A million sessions need 51 workers: `auto`
-/// takes epoll with a descriptor table per worker thread and says why; a
-/// forced `uring` stops with the limit, its value and the fixes.
+/// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK.
+/// A million sessions need 26 rings of ~40 KiB per worker, 52 in all;
+/// under 1 MiB `auto` takes epoll with a descriptor table per worker
+/// thread and says why, and a forced `uring` stops with the limit, its
+/// value and the fixes.
 #[test]
 fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
     if !Backend::Uring.available("io_uring_rings_past_rlimit_memlock_fall_back_to_epoll") {
@@ -978,12 +998,12 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
     }
     let _fds = light();
     let mut probe = std::process::Command::new("true");
-    if !as_container_without_ipc_lock(&mut probe, 8 << 20) || !probe.status().unwrap().success() {
+    if !as_container_without_ipc_lock(&mut probe, 1 << 20) || !probe.status().unwrap().success() {
         eprintln!("SKIPPED: this test process may not drop CAP_IPC_LOCK");
         return;
     }
     let server = Server::start_with(Backend::Auto, &["--max-sessions", "1000000"], |cmd| {
-        assert!(as_container_without_ipc_lock(cmd, 8 << 20));
+        assert!(as_container_without_ipc_lock(cmd, 1 << 20));
     });
     let line = server.startup_line();
     assert!(
@@ -998,7 +1018,7 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
     assert!(stopped.status.success(), "{}", stopped.stderr);
     assert!(
         stopped.stderr.contains(
-            "io_uring does not fit RLIMIT_MEMLOCK, using epoll: RLIMIT_MEMLOCK is 8192 KiB"
+            "io_uring does not fit RLIMIT_MEMLOCK, using epoll: RLIMIT_MEMLOCK is 1024 KiB"
         ),
         "{}",
         stopped.stderr
@@ -1013,15 +1033,18 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
         "--max-sessions",
         "1000000",
     ]);
-    assert!(as_container_without_ipc_lock(&mut forced, 8 << 20));
+    assert!(as_container_without_ipc_lock(&mut forced, 1 << 20));
     let out = forced.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--backend uring: RLIMIT_MEMLOCK is 8192 KiB"),
+        stderr.contains("--backend uring: RLIMIT_MEMLOCK is 1024 KiB"),
         "{stderr}"
     );
-    assert!(stderr.contains("51 worker rings of ~276 KiB"), "{stderr}");
+    assert!(
+        stderr.contains("52 worker rings of ~40 KiB need 2080 KiB, and 25 fit"),
+        "{stderr}"
+    );
     assert!(stderr.contains("ulimit -l"), "{stderr}");
 }
 

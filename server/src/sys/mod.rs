@@ -140,6 +140,9 @@ pub struct WorkerSetup {
     /// io_uring with direct descriptors: slots in the ring's registered
     /// file table (at most RLIMIT_NOFILE); `None`: plain descriptors.
     pub direct_slots: Option<u32>,
+    /// io_uring with direct descriptors: rings (each a table of
+    /// `direct_slots`) the worker owns; 1 otherwise.
+    pub direct_rings: usize,
     /// `--descriptors thread`: the worker thread gives itself a descriptor
     /// table of its own ([`private_fd_table`]) before it opens anything.
     pub private_table: bool,

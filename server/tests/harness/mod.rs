@@ -36,6 +36,9 @@ pub enum Backend {
     EpollThread,
     /// io_uring with a descriptor table per worker thread.
     UringThread,
+    /// io_uring direct descriptors with three rings per worker (the path
+    /// of a worker whose sessions need several tables).
+    UringRings,
     /// `--backend auto`: only for the tests of backend selection.
     Auto,
 }
@@ -51,6 +54,18 @@ impl Backend {
             Backend::UringDirect => ("uring", "direct"),
             Backend::EpollThread => ("epoll", "thread"),
             Backend::UringThread => ("uring", "thread"),
+            Backend::UringRings => {
+                return [
+                    "--backend",
+                    "uring",
+                    "--descriptors",
+                    "direct",
+                    "--uring-rings",
+                    "3",
+                ]
+                .map(String::from)
+                .to_vec()
+            }
             Backend::Auto => return vec!["--backend".into(), "auto".into()],
         };
         ["--backend", backend, "--descriptors", descriptors]
@@ -78,7 +93,7 @@ impl Backend {
     pub fn available(self, test: &str) -> bool {
         if !matches!(
             self,
-            Backend::Uring | Backend::UringDirect | Backend::UringThread
+            Backend::Uring | Backend::UringDirect | Backend::UringThread | Backend::UringRings
         ) {
             return true;
         }

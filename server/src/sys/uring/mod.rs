@@ -128,7 +128,7 @@ use sendbuf::{SendArena, Staged};
 use slab::Slab;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,14 +180,30 @@ impl BufferRing {
     }
 }
 
-/// RLIMIT_MEMLOCK one worker ring is charged when the process lacks
-/// CAP_IPC_LOCK: its SQE array, its CQ with the SQ index ring, and its
-/// provided-buffer ring's entries, each in whole pages. 276 KiB with 512
-/// buffers: 29 fit in 8 MiB and the 30th fails with ENOMEM, as measured
-/// (Linux 6.18, `results/direct/threads-per-core/README.md`).
-pub fn ring_memlock_bytes(buffers: u16) -> u64 {
+/// SQ and CQ entries of each ring of a worker that owns several (direct
+/// descriptors past one table): each ring carries a share of the worker's
+/// traffic, and every ring is charged to RLIMIT_MEMLOCK.
+pub const SHARD_SQ_ENTRIES: u32 = 256;
+pub const SHARD_CQ_ENTRIES: u32 = 1024;
+
+/// SQ and CQ entries of each ring of a worker with `rings` rings.
+pub fn ring_entries(rings: usize) -> (u32, u32) {
+    if rings > 1 {
+        (SHARD_SQ_ENTRIES, SHARD_CQ_ENTRIES)
+    } else {
+        (SQ_ENTRIES, CQ_ENTRIES)
+    }
+}
+
+/// RLIMIT_MEMLOCK one ring of a worker with `rings` rings is charged when
+/// the process lacks CAP_IPC_LOCK: its SQE array, its CQ with the SQ index
+/// ring, and its provided-buffer ring's entries, each in whole pages.
+/// 276 KiB for a worker's one ring with 512 buffers: 29 fit in 8 MiB and
+/// the 30th fails with ENOMEM, as measured (Linux 6.18).
+pub fn ring_memlock_bytes(rings: usize, buffers: u16) -> u64 {
     let pages = |bytes: u64| bytes.div_ceil(4096) * 4096;
-    let (sq, cq) = (u64::from(SQ_ENTRIES), u64::from(CQ_ENTRIES));
+    let (sq, cq) = ring_entries(rings);
+    let (sq, cq) = (u64::from(sq), u64::from(cq));
     pages(sq * 64) + pages(256 + cq * 16 + sq * 4) + pages(u64::from(buffers) * 16)
 }
 
@@ -210,6 +226,24 @@ pub fn buffers_per_worker(cpus: usize, workers: usize) -> u16 {
     (1usize << each.ilog2()) as u16
 }
 
+/// Fewest provided buffers [`buffers_per_ring`] gives each of a worker's
+/// several rings.
+pub const MIN_SHARD_BUF_COUNT: u16 = 128;
+
+/// Provided buffers per ring when each of `workers` workers on `cpus` CPUs
+/// owns `rings` rings: [`buffers_per_worker`] shared among the worker's
+/// rings, at least [`MIN_SHARD_BUF_COUNT`]. A ring covers the completions
+/// of its share of a turn; one that runs dry ends its recvs with ENOBUFS,
+/// which are re-armed and counted (`recv_enobufs`).
+pub fn buffers_per_ring(cpus: usize, workers: usize, rings: usize) -> u16 {
+    let worker = buffers_per_worker(cpus, workers);
+    if rings <= 1 {
+        return worker;
+    }
+    let each = (usize::from(worker) / rings).max(usize::from(MIN_SHARD_BUF_COUNT));
+    (1usize << each.ilog2()) as u16
+}
+
 /// Most completions one turn takes from the CQ; the rest wait for the
 /// next turn. It bounds what a turn queues (sends, re-arms: a few per
 /// completion) so that the SQE and send tables stay within what is
@@ -222,12 +256,23 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most one-shot accepts a direct-descriptor worker keeps in flight.
 pub const ACCEPT_BATCH: usize = 64;
 
-/// What a session's requests name: a plain descriptor or a slot of the
-/// ring's registered file table.
+/// What a session's requests name: a plain descriptor (in the worker's
+/// one ring) or a slot of one of the worker's rings' registered file tables.
 #[derive(Debug, Clone, Copy)]
 enum Target {
     Fd(types::Fd),
-    Fixed(types::Fixed),
+    /// The ring (shard) whose table holds the slot, and the slot.
+    Fixed(u16, types::Fixed),
+}
+
+impl Target {
+    /// The ring every request for this target goes to.
+    fn shard(self) -> usize {
+        match self {
+            Target::Fd(_) => 0,
+            Target::Fixed(shard, _) => usize::from(shard),
+        }
+    }
 }
 
 /// Builds an SQE for either kind of [`Target`] (the opcode builders take
@@ -236,7 +281,7 @@ macro_rules! on_target {
     ($target:expr, $f:ident => $sqe:expr) => {
         match $target {
             Target::Fd($f) => $sqe,
-            Target::Fixed($f) => $sqe,
+            Target::Fixed(_, $f) => $sqe,
         }
     };
 }
@@ -245,15 +290,16 @@ pub(crate) use on_target;
 /// How a worker holds a session's socket: the handle in its 28-byte
 /// session record (4 bytes either way).
 trait Descriptor: Sized {
-    /// Direct descriptors: accepted into the ring's file table, never in
+    /// Direct descriptors: accepted into a ring's file table, never in
     /// the process's descriptor table.
     const DIRECT: bool;
-    /// Takes ownership of what a successful accept completion names.
+    /// Takes ownership of what a successful accept completion of ring
+    /// `shard` names.
     ///
     /// # Safety
-    /// `res` must be a non-negative accept result of this worker's ring,
-    /// named by no other completion.
-    unsafe fn from_accept(res: i32) -> Self;
+    /// `res` must be a non-negative accept result of that ring, named by no
+    /// other completion.
+    unsafe fn from_accept(shard: usize, res: i32) -> Self;
     /// What requests for this session name.
     fn target(&self) -> Target;
     /// Gives the socket up to an IORING_OP_CLOSE (which now owns it).
@@ -262,7 +308,7 @@ trait Descriptor: Sized {
 
 impl Descriptor for OwnedFd {
     const DIRECT: bool = false;
-    unsafe fn from_accept(res: i32) -> Self {
+    unsafe fn from_accept(_shard: usize, res: i32) -> Self {
         // SAFETY: the caller's contract: a new descriptor only we name.
         unsafe { OwnedFd::from_raw_fd(res) }
     }
@@ -274,20 +320,34 @@ impl Descriptor for OwnedFd {
     }
 }
 
-/// A slot of the ring's registered (direct) file table.
+/// Bits of a [`Slot`] that number the slot within its ring's table; the
+/// bits above number the ring.
+const SLOT_BITS: u32 = 20;
+
+/// Most slots a ring's table may have (the kernel's own cap is
+/// IORING_MAX_FIXED_FILES, 2^20, and RLIMIT_NOFILE).
+pub const MAX_SLOTS: u32 = 1 << SLOT_BITS;
+
+/// Most rings a worker may own.
+pub const MAX_SHARDS: usize = 1 << (32 - SLOT_BITS);
+
+/// A slot of a ring's registered (direct) file table: ring << 20 | slot.
 #[derive(Debug)]
 struct Slot(u32);
 
 impl Descriptor for Slot {
     const DIRECT: bool = true;
-    unsafe fn from_accept(res: i32) -> Self {
-        Slot(res as u32)
+    unsafe fn from_accept(shard: usize, res: i32) -> Self {
+        Slot((shard as u32) << SLOT_BITS | res as u32)
     }
     fn target(&self) -> Target {
-        Target::Fixed(types::Fixed(self.0))
+        Target::Fixed(
+            (self.0 >> SLOT_BITS) as u16,
+            types::Fixed(self.0 & (MAX_SLOTS - 1)),
+        )
     }
     fn into_target(self) -> Target {
-        Target::Fixed(types::Fixed(self.0))
+        self.target()
     }
 }
 
@@ -346,14 +406,17 @@ struct Cqe {
     user_data: u64,
     result: i32,
     flags: u32,
+    /// The ring it came from (its buffer ring holds the data).
+    shard: u16,
 }
 
-impl From<cqueue::Entry> for Cqe {
-    fn from(e: cqueue::Entry) -> Cqe {
+impl Cqe {
+    fn new(e: &cqueue::Entry, shard: usize) -> Cqe {
         Cqe {
             user_data: e.user_data(),
             result: e.result(),
             flags: e.flags(),
+            shard: shard as u16,
         }
     }
 }
@@ -391,17 +454,38 @@ struct SendRecord {
     flush: bool,
 }
 
-struct Worker<D: Descriptor> {
+/// One io_uring instance of a worker, with its provided-buffer ring and
+/// (direct descriptors) its registered file table.
+struct Shard {
     // Field order matters: the ring is closed before the memory it may use.
     ring: IoUring,
     bufs: Option<BufRing>,
-    arena: SendArena,
-    sends: Slab<SendRecord>,
     /// SQEs queued this turn, pushed to the SQ before the next enter.
     pending: Vec<squeue::Entry>,
     /// How many of `pending` are sends: each completes inside the enter
     /// that submits it, so that enter waits for that many more.
     pending_sends: usize,
+    /// Accept requests in flight: the one multishot accept (plain), or up
+    /// to [`ACCEPT_BATCH`] one-shot accepts (direct).
+    accepts_armed: usize,
+    /// Direct descriptors: slots holding a socket (sessions, and refused
+    /// connections whose close is not queued yet).
+    occupied: usize,
+}
+
+impl Shard {
+    fn bufs(&mut self) -> &mut BufRing {
+        self.bufs
+            .as_mut()
+            .expect("buffer ring present while running")
+    }
+}
+
+struct Worker<D: Descriptor> {
+    // Field order matters: the rings are closed before the memory they may use.
+    shards: Vec<Shard>,
+    arena: SendArena,
+    sends: Slab<SendRecord>,
     /// Most completions a turn takes: [`TURN_MAX`] unless a test says less.
     turn_max: usize,
     cqes: Vec<Cqe>,
@@ -421,15 +505,13 @@ struct Worker<D: Descriptor> {
     id: usize,
     out: Vec<u8>,
     due: Vec<(u32, CloseReason)>,
-    /// Accept requests in flight: the one multishot accept (plain), or up
-    /// to [`ACCEPT_BATCH`] one-shot accepts (direct).
-    accepts_armed: usize,
-    /// Direct descriptors: slots in the ring's file table.
+    /// Direct descriptors: slots in each ring's file table.
     direct_slots: usize,
-    /// Direct descriptors: every slot holds a session (accepting waits).
+    /// Direct descriptors: every slot of every ring holds a socket
+    /// (accepting waits).
     table_full: bool,
-    /// Direct descriptors: sessions this worker holds at most (its slots
-    /// less the slack kept for answering refused connections).
+    /// Direct descriptors: sessions this worker holds at most (its rings'
+    /// slots less the slack kept for answering refused connections).
     direct_capacity: usize,
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
@@ -453,37 +535,72 @@ impl<D: Descriptor> Worker<D> {
                 io::Error::new(e.kind(), format!("{what}: {e}{memlock}"))
             }
         };
-        let ring = support
-            .mode
-            .build(SQ_ENTRIES, CQ_ENTRIES)
-            .map_err(context("creating the io_uring instance"))?;
-        let bufs = BufRing::new(
-            &ring.submitter(),
-            BGID,
-            setup.uring_buffers.count,
-            setup.uring_buffers.size,
-        )
-        .map_err(context("registering the provided-buffer ring"))?;
-        if let Some(slots) = setup.direct_slots.filter(|_| D::DIRECT) {
-            ring.submitter().register_files_sparse(slots).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "registering a table of {slots} direct descriptors: {e} (the kernel \
-                         allows at most RLIMIT_NOFILE slots per ring)"
-                    ),
-                )
-            })?;
+        let rings = if D::DIRECT {
+            setup.direct_rings.clamp(1, MAX_SHARDS)
+        } else {
+            1
+        };
+        let (sq, cq) = ring_entries(rings);
+        // Several rings: the worker sleeps on its eventfd, which every ring
+        // signals when it posts a completion. A DEFER_TASKRUN ring signals
+        // it only after an RCU grace period (measured: ~15 ms a wake-up on
+        // Linux 6.18), so these rings run their work as COOP_TASKRUN: the
+        // kernel wakes the sleeping worker, runs the work on its way out
+        // of the poll, and the completion signals the eventfd at once.
+        let mode = if rings > 1 && support.mode == SetupMode::DeferTaskrun {
+            SetupMode::CoopTaskrun
+        } else {
+            support.mode
+        };
+        let mut shards = Vec::with_capacity(rings);
+        for _ in 0..rings {
+            let ring = mode
+                .build(sq, cq, rings > 1)
+                .map_err(context("creating the io_uring instance"))?;
+            let bufs = BufRing::new(
+                &ring.submitter(),
+                BGID,
+                setup.uring_buffers.count,
+                setup.uring_buffers.size,
+            )
+            .map_err(context("registering the provided-buffer ring"))?;
+            if let Some(slots) = setup.direct_slots.filter(|_| D::DIRECT) {
+                ring.submitter().register_files_sparse(slots).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "registering a table of {slots} direct descriptors: {e} (the \
+                             kernel allows at most RLIMIT_NOFILE slots per ring)"
+                        ),
+                    )
+                })?;
+            }
+            if rings > 1 {
+                // Completions of any ring wake the worker through this one
+                // eventfd; with DEFER_TASKRUN the kernel signals it as soon
+                // as a ring has work to run.
+                ring.submitter()
+                    .register_eventfd(wake_fd.as_raw_fd())
+                    .map_err(context("registering the worker's eventfd"))?;
+            }
+            shards.push(Shard {
+                ring,
+                bufs: Some(bufs),
+                pending: resident(sq as usize, opcode::Nop::new().build()),
+                pending_sends: 0,
+                accepts_armed: 0,
+                occupied: 0,
+            });
         }
         let clock = TickClock::new(setup.tick);
         let now = clock.tick_at(Instant::now());
+        let per_ring = setup.direct_slots.map_or(0, |slots| {
+            crate::limits::direct_ring_capacity(u64::from(slots)) as usize
+        });
         Ok(Worker {
-            ring,
-            bufs: Some(bufs),
+            shards,
             arena: SendArena::with_resident_chunk(),
             sends: resident_slab(SQ_ENTRIES as usize),
-            pending: resident(SQ_ENTRIES as usize, opcode::Nop::new().build()),
-            pending_sends: 0,
             turn_max: setup.uring_turn_max.clamp(1, TURN_MAX),
             cqes: resident(TURN_MAX, Cqe::default()),
             deferred: resident(TURN_MAX, Cqe::default()),
@@ -499,12 +616,9 @@ impl<D: Descriptor> Worker<D> {
             id: setup.id,
             out: resident(16 * 1024, 0u8),
             due: Vec::new(),
-            accepts_armed: 0,
             direct_slots: setup.direct_slots.unwrap_or(0) as usize,
             table_full: false,
-            direct_capacity: setup.direct_slots.map_or(0, |slots| {
-                crate::limits::direct_ring_capacity(u64::from(slots)) as usize
-            }),
+            direct_capacity: per_ring * rings,
             accept_paused_until: None,
             wake_armed: false,
             recvs_armed: 0,
@@ -513,12 +627,28 @@ impl<D: Descriptor> Worker<D> {
         })
     }
 
+    /// Several rings: the worker sleeps on its eventfd, not in a ring.
+    fn sharded(&self) -> bool {
+        self.shards.len() > 1
+    }
+
+    /// Queues an SQE for ring `shard`.
+    fn queue(&mut self, shard: usize, sqe: squeue::Entry) {
+        self.shards[shard].pending.push(sqe);
+    }
+
     fn run(mut self) -> io::Result<()> {
         self.arm_accept();
-        self.arm_wake();
+        if !self.sharded() {
+            self.arm_wake();
+        }
         loop {
             let timeout = self.wait_timeout(Instant::now());
-            self.enter(timeout)?;
+            if self.sharded() {
+                self.wait_sharded(timeout)?;
+            } else {
+                self.enter(timeout)?;
+            }
             let woke = Instant::now();
             self.control.on_wake(self.clock.elapsed_ns(woke));
             let now = self.clock.tick_at(woke);
@@ -553,8 +683,38 @@ impl<D: Descriptor> Worker<D> {
         }
     }
 
-    /// Pushes the queued SQEs (submitting early if the SQ fills), then
-    /// submits and waits for the next new completion or `timeout`.
+    /// Pushes ring `shard`'s queued SQEs (submitting early if its SQ
+    /// fills); returns whether all went into the SQ.
+    fn push_pending(&mut self, shard: usize) -> io::Result<bool> {
+        let sh = &mut self.shards[shard];
+        let mut done = 0;
+        while done < sh.pending.len() {
+            let mut sq = sh.ring.submission();
+            let n = (sq.capacity() - sq.len()).min(sh.pending.len() - done);
+            // SAFETY: every queued SQE points only at memory that stays
+            // owned until its completion: provided buffers (the ring's own
+            // buffer ring), staged replies (the arena, released on
+            // completion), or nothing; descriptors stay open until a later
+            // CLOSE SQE.
+            unsafe { sq.push_multiple(&sh.pending[done..done + n]) }
+                .map_err(|_| io::Error::other("submission queue has no room after a check"))?;
+            drop(sq);
+            done += n;
+            if done < sh.pending.len() {
+                match sh.ring.submit() {
+                    Ok(_) => {}
+                    Err(e) if transient(&e) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let all = done == sh.pending.len();
+        sh.pending.drain(..done);
+        Ok(all)
+    }
+
+    /// One ring: pushes the queued SQEs, then submits and waits for the
+    /// next new completion or `timeout`.
     ///
     /// "New" means beyond the sends this enter submits: a send carries
     /// MSG_DONTWAIT and completes inside the enter, so waiting for one
@@ -564,42 +724,98 @@ impl<D: Descriptor> Worker<D> {
     /// sends plus one. With completions left in the CQ, or recvs held back
     /// for these very sends, it does not sleep at all.
     fn enter(&mut self, timeout: Duration) -> io::Result<()> {
-        let sends = std::mem::take(&mut self.pending_sends);
+        let sends = std::mem::take(&mut self.shards[0].pending_sends);
         // Completions the last turn left ([`TURN_MAX`]).
-        let leftover = !self.ring.completion().is_empty();
-        let mut done = 0;
-        while done < self.pending.len() {
-            let mut sq = self.ring.submission();
-            let n = (sq.capacity() - sq.len()).min(self.pending.len() - done);
-            // SAFETY: every queued SQE points only at memory that stays
-            // owned until its completion: provided buffers (the worker's
-            // ring), staged replies (the arena, released on completion),
-            // or nothing; descriptors stay open until a later CLOSE SQE.
-            unsafe { sq.push_multiple(&self.pending[done..done + n]) }
-                .map_err(|_| io::Error::other("submission queue has no room after a check"))?;
-            drop(sq);
-            done += n;
-            if done < self.pending.len() {
-                match self.ring.submit() {
-                    Ok(_) => {}
-                    Err(e) if transient(&e) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        let leftover = !self.shards[0].ring.completion().is_empty();
         // Not settled: an SQ that could not take everything (CQ overflow:
         // the sends left for later will not complete in this enter), CQEs
         // the last turn left, or held-back recvs: return at once.
-        let settled = done == self.pending.len() && !leftover && self.deferred.is_empty();
-        self.pending.drain(..done);
+        let settled = self.push_pending(0)? && !leftover && self.deferred.is_empty();
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         let want = if settled { sends + 1 } else { 1 };
-        match self.ring.submitter().submit_with_args(want, &args) {
+        match self.shards[0]
+            .ring
+            .submitter()
+            .submit_with_args(want, &args)
+        {
             Ok(_) => Ok(()),
             Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Several rings: submits every ring's queued SQEs (their sends
+    /// complete inside that enter), then sleeps on the worker's eventfd
+    /// until a ring has work, another thread wakes the worker, or
+    /// `timeout`.
+    ///
+    /// Every ring has the eventfd registered: the kernel signals it when a
+    /// completion is posted (the rings are COOP_TASKRUN: see
+    /// [`Worker::new`]; work queued for a ring shows as IORING_SQ_TASKRUN
+    /// in its SQ flags and runs on the worker's next syscall). The eventfd
+    /// is read empty before the rings are checked a last time, so a signal
+    /// that arrives after the check wakes the poll.
+    fn wait_sharded(&mut self, timeout: Duration) -> io::Result<()> {
+        let mut settled = self.deferred.is_empty();
+        for shard in 0..self.shards.len() {
+            if self.shards[shard].pending.is_empty() {
+                continue;
+            }
+            self.shards[shard].pending_sends = 0;
+            settled &= self.push_pending(shard)?;
+            self.enter_nowait(shard)?;
+        }
+        if !settled || self.any_ready() {
+            return Ok(());
+        }
+        let mut count = [0u8; 8];
+        let _ = nix::unistd::read(self.wake_fd.as_raw_fd(), &mut count);
+        if self.any_ready() {
+            return Ok(());
+        }
+        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+        let mut fds = [nix::poll::PollFd::new(
+            self.wake_fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::ppoll(&mut fds, Some(ts), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Submits ring `shard`'s SQ and runs its pending work without waiting.
+    /// (An enter runs a DEFER_TASKRUN ring's work only with GETEVENTS,
+    /// which the crate sets only when waiting for a completion: so it
+    /// waits for one, with a timeout of zero.)
+    fn enter_nowait(&mut self, shard: usize) -> io::Result<()> {
+        let zero = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&zero);
+        match self.shards[shard]
+            .ring
+            .submitter()
+            .submit_with_args(1, &args)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A ring has completions to take or work to run.
+    fn any_ready(&mut self) -> bool {
+        self.shards
+            .iter_mut()
+            .any(|sh| !sh.ring.completion().is_empty() || Self::needs_enter(&mut sh.ring))
+    }
+
+    /// A ring's work runs, and completions that overflowed its CQ come
+    /// back, only inside an enter: IORING_SQ_TASKRUN or
+    /// IORING_SQ_CQ_OVERFLOW in its SQ flags says one is due.
+    fn needs_enter(ring: &mut IoUring) -> bool {
+        let sq = ring.submission();
+        sq.taskrun() || sq.cq_overflow()
     }
 
     /// Handles this turn's completions: sends first (each session's write
@@ -607,7 +823,23 @@ impl<D: Descriptor> Worker<D> {
     fn turn(&mut self, now: u32) -> io::Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(self.ring.completion().take(self.turn_max).map(Cqe::from));
+        let sharded = self.sharded();
+        for shard in 0..self.shards.len() {
+            if cqes.len() >= self.turn_max {
+                break;
+            }
+            if sharded && Self::needs_enter(&mut self.shards[shard].ring) {
+                self.enter_nowait(shard)?;
+            }
+            let room = self.turn_max - cqes.len();
+            cqes.extend(
+                self.shards[shard]
+                    .ring
+                    .completion()
+                    .take(room)
+                    .map(|e| Cqe::new(&e, shard)),
+            );
+        }
         for cqe in &cqes {
             if let UserData::Send(slot) = UserData::decode(cqe.user_data) {
                 self.on_send(slot, cqe.result);
@@ -624,7 +856,9 @@ impl<D: Descriptor> Worker<D> {
                 UserData::Send(_) | UserData::Ignore => {}
                 UserData::Recv(_) => self.on_recv(*cqe, now)?,
                 UserData::PollOut(token) => self.on_poll_out(token),
-                UserData::Accept => self.on_accept(cqe.result, cqe.flags, now),
+                UserData::Accept => {
+                    self.on_accept(usize::from(cqe.shard), cqe.result, cqe.flags, now)
+                }
                 UserData::Wake => self.on_wake(),
                 UserData::Unknown(ud) => {
                     return Err(io::Error::other(format!(
@@ -643,13 +877,13 @@ impl<D: Descriptor> Worker<D> {
     }
 
     /// Arms accepting unless paused. Plain descriptors: one multishot
-    /// accept. Direct: one-shot accepts, never more in flight than the
-    /// table has free slots (at most [`ACCEPT_BATCH`]). A direct accept
-    /// that finds the table full has already taken the connection off the
-    /// queue, and the kernel then closes it (the client sees EOF): so the
-    /// table must never be full when an accept completes, and a multishot
-    /// accept, which may take a whole backlog in one enter, cannot promise
-    /// that.
+    /// accept. Direct: one-shot accepts, never more in flight in a ring
+    /// than its table has free slots, at most [`ACCEPT_BATCH`] in all, the
+    /// lowest rings first. A direct accept that finds the table full has
+    /// already taken the connection off the queue, and the kernel then
+    /// closes it (the client sees EOF): so a table must never be full when
+    /// an accept completes, and a multishot accept, which may take a whole
+    /// backlog in one enter, cannot promise that.
     fn arm_accept(&mut self) {
         let Some(listener) = &self.listener else {
             return;
@@ -659,47 +893,57 @@ impl<D: Descriptor> Worker<D> {
         }
         let fd = types::Fd(listener.as_raw_fd());
         if !D::DIRECT {
-            if self.accepts_armed == 0 {
+            if self.shards[0].accepts_armed == 0 {
                 let sqe = opcode::AcceptMulti::new(fd)
                     .flags(libc::SOCK_CLOEXEC)
                     .build()
                     .user_data(ACCEPT);
-                self.pending.push(sqe);
-                self.accepts_armed = 1;
+                self.queue(0, sqe);
+                self.shards[0].accepts_armed = 1;
             }
             return;
         }
-        // Each armed accept may fill one slot: sessions + armed <= slots.
-        let free = self.direct_slots.saturating_sub(self.core.sessions());
-        let want = free.min(ACCEPT_BATCH);
-        // The table is full: new connections wait in the listen queue until
-        // a session closes. Counted once per episode, as plain descriptors
-        // count an EMFILE (`accept_errors_fd`).
-        let full = free == 0;
+        // Each armed accept may fill one slot: occupied + armed <= slots.
+        let slots = self.direct_slots;
+        let mut armed: usize = self.shards.iter().map(|sh| sh.accepts_armed).sum();
+        let mut free_total = 0;
+        for sh in &mut self.shards {
+            let free = slots.saturating_sub(sh.occupied + sh.accepts_armed);
+            free_total += free;
+            while armed < ACCEPT_BATCH && sh.occupied + sh.accepts_armed < slots {
+                // The kernel refuses SOCK_CLOEXEC with a file slot: the slot
+                // is in no descriptor table.
+                let sqe = opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .build()
+                    .user_data(ACCEPT);
+                sh.pending.push(sqe);
+                sh.accepts_armed += 1;
+                armed += 1;
+            }
+        }
+        // Every table is full: new connections wait in the listen queue
+        // until a session closes. Counted once per episode, as plain
+        // descriptors count an EMFILE (`accept_errors_fd`).
+        let full = free_total == 0 && armed == 0;
         if full && !self.table_full {
             self.core.counters.accept_errors_fd += 1;
         }
         self.table_full = full;
-        while self.accepts_armed < want {
-            // The kernel refuses SOCK_CLOEXEC with a file slot: the slot is
-            // in no descriptor table.
-            let sqe = opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
-                .file_index(Some(types::DestinationSlot::auto_target()))
-                .build()
-                .user_data(ACCEPT);
-            self.pending.push(sqe);
-            self.accepts_armed += 1;
-        }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32, now: u32) {
+    fn on_accept(&mut self, shard: usize, res: i32, flags: u32, now: u32) {
         if D::DIRECT || !cqueue::more(flags) {
-            self.accepts_armed -= 1;
+            self.shards[shard].accepts_armed -= 1;
         }
         if res >= 0 {
+            if D::DIRECT {
+                self.shards[shard].occupied += 1;
+            }
             // SAFETY: a non-negative accept result is a new descriptor (or
-            // direct slot) that only this completion names: ours from here.
-            let socket = unsafe { D::from_accept(res) };
+            // direct slot of this ring) that only this completion names:
+            // ours from here.
+            let socket = unsafe { D::from_accept(shard, res) };
             if self.stopping {
                 self.close_socket(socket);
             } else {
@@ -720,11 +964,13 @@ impl<D: Descriptor> Worker<D> {
         }
     }
 
+    /// One ring: a poll on the wake eventfd (several rings: the worker
+    /// sleeps on the eventfd itself).
     fn arm_wake(&mut self) {
         let sqe = opcode::PollAdd::new(types::Fd(self.wake_fd.as_raw_fd()), libc::POLLIN as u32)
             .build()
             .user_data(WAKE);
-        self.pending.push(sqe);
+        self.queue(0, sqe);
         self.wake_armed = true;
     }
 
@@ -760,26 +1006,35 @@ impl<D: Descriptor> Worker<D> {
         self.recvs_armed
             + self.sends.len()
             + self.polls_armed
-            + self.accepts_armed
+            + self.shards.iter().map(|sh| sh.accepts_armed).sum::<usize>()
             + usize::from(self.wake_armed)
     }
 
+    fn pending_any(&self) -> bool {
+        self.shards.iter().any(|sh| !sh.pending.is_empty())
+    }
+
     /// Stops accepting, closes every session, and reaps every completion
-    /// still due before the ring and its memory go.
+    /// still due before the rings and their memory go.
     fn shutdown(&mut self) -> io::Result<()> {
         self.stopping = true;
         // One cancel for every request of that user_data: direct
         // descriptors keep up to ACCEPT_BATCH accepts armed, and one plain
         // cancel per request left all but one of them in flight (shutdown
         // then waited out DRAIN_TIMEOUT and leaked the buffers).
-        for (armed, ud) in [
-            (self.accepts_armed, ACCEPT),
-            (usize::from(self.wake_armed), WAKE),
-        ] {
-            if armed > 0 {
-                let all = types::CancelBuilder::user_data(ud).all();
-                self.pending
-                    .push(opcode::AsyncCancel2::new(all).build().user_data(IGNORE));
+        for shard in 0..self.shards.len() {
+            let wake = shard == 0 && self.wake_armed;
+            for (armed, ud) in [
+                (self.shards[shard].accepts_armed, ACCEPT),
+                (usize::from(wake), WAKE),
+            ] {
+                if armed > 0 {
+                    let all = types::CancelBuilder::user_data(ud).all();
+                    self.queue(
+                        shard,
+                        opcode::AsyncCancel2::new(all).build().user_data(IGNORE),
+                    );
+                }
             }
         }
         self.listener = None; // the accept request holds its own reference
@@ -788,12 +1043,20 @@ impl<D: Descriptor> Worker<D> {
         }
         self.publish();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while (self.in_flight() > 0 || !self.pending.is_empty()) && Instant::now() < deadline {
-            self.enter(Duration::from_millis(50))?;
+        while (self.in_flight() > 0 || self.pending_any()) && Instant::now() < deadline {
+            if self.sharded() {
+                self.wait_sharded(Duration::from_millis(50))?;
+            } else {
+                self.enter(Duration::from_millis(50))?;
+            }
             let now = self.clock.tick_at(Instant::now());
             self.turn(now)?;
         }
-        let held = self.bufs.as_ref().map_or(0, BufRing::out);
+        let held: usize = self
+            .shards
+            .iter()
+            .map(|sh| sh.bufs.as_ref().map_or(0, BufRing::out))
+            .sum();
         debug_assert!(self.in_flight() > 0 || (held == 0 && self.arena.in_flight() == 0));
         if self.in_flight() > 0 {
             eprintln!(
@@ -811,8 +1074,10 @@ impl<D: Descriptor> Worker<D> {
 impl<D: Descriptor> Drop for Worker<D> {
     fn drop(&mut self) {
         if self.in_flight() > 0 {
-            // The kernel may still write into these after the ring closes.
-            std::mem::forget(self.bufs.take());
+            // The kernel may still write into these after the rings close.
+            for sh in &mut self.shards {
+                std::mem::forget(sh.bufs.take());
+            }
             self.arena.leak();
         }
     }
@@ -833,9 +1098,19 @@ mod tests {
     #[test]
     fn a_ring_is_charged_what_was_measured_against_memlock() {
         // 29 rings of 512 buffers fit in 8 MiB, 30 do not (measured).
-        let ring = ring_memlock_bytes(512);
+        let ring = ring_memlock_bytes(1, 512);
         assert_eq!((8 << 20) / ring, 29);
-        assert!(ring_memlock_bytes(4096) > ring);
+        assert!(ring_memlock_bytes(1, 4096) > ring);
+        // A worker's several rings are smaller.
+        assert!(ring_memlock_bytes(26, 128) < ring / 5);
+    }
+
+    #[test]
+    fn a_workers_rings_share_its_buffers() {
+        assert_eq!(buffers_per_ring(2, 2, 1), BUF_COUNT);
+        assert_eq!(buffers_per_ring(2, 2, 4), 1024);
+        assert_eq!(buffers_per_ring(2, 2, 26), MIN_SHARD_BUF_COUNT);
+        assert_eq!(buffers_per_ring(2, 51, 1), MIN_BUF_COUNT);
     }
 
     #[test]

@@ -45,8 +45,10 @@ impl SetupMode {
         }
     }
 
-    /// Builds a ring with `entries` SQEs and `cq` CQEs in this mode.
-    pub fn build(self, entries: u32, cq: u32) -> io::Result<IoUring> {
+    /// Builds a ring with `entries` SQEs and `cq` CQEs in this mode;
+    /// `taskrun_flag`: the SQ flags show IORING_SQ_TASKRUN while the ring
+    /// has work to run (a worker with several rings checks it).
+    pub fn build(self, entries: u32, cq: u32, taskrun_flag: bool) -> io::Result<IoUring> {
         let mut b = IoUring::builder();
         b.setup_cqsize(cq);
         match self {
@@ -57,6 +59,9 @@ impl SetupMode {
                 b.setup_single_issuer().setup_coop_taskrun();
             }
             SetupMode::Plain => {}
+        }
+        if taskrun_flag && self != SetupMode::Plain {
+            b.setup_taskrun_flag();
         }
         b.build(entries)
     }
@@ -171,7 +176,7 @@ pub fn probe() -> Result<Support, Missing> {
 fn first_ring() -> Result<(IoUring, SetupMode), Missing> {
     let mut refusal = None;
     for mode in SetupMode::ALL {
-        match mode.build(8, 16) {
+        match mode.build(8, 16, false) {
             Ok(ring) => return Ok((ring, mode)),
             // Refused outright (sysctl, seccomp, no io_uring): no mode helps.
             Err(e)

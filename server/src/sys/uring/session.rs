@@ -108,18 +108,26 @@ impl<D: Descriptor> Worker<D> {
         .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
         .build()
         .user_data(ud));
-        self.pending.push(sqe);
-        self.pending_sends += 1;
+        let shard = target.shard();
+        self.queue(shard, sqe);
+        self.shards[shard].pending_sends += 1;
         true
     }
 
     /// Queues the close of a socket no session holds (any more).
     pub(super) fn close_socket(&mut self, socket: D) {
-        let close = on_target!(socket.into_target(), t => opcode::Close::new(t)
+        let target = socket.into_target();
+        let close = on_target!(target, t => opcode::Close::new(t)
             .build()
             .user_data(IGNORE)
             .flags(squeue::Flags::SKIP_SUCCESS));
-        self.pending.push(close);
+        let shard = target.shard();
+        self.queue(shard, close);
+        if D::DIRECT {
+            // The CLOSE frees the slot before any later accept of this ring
+            // runs (requests of one ring are issued in submission order).
+            self.shards[shard].occupied -= 1;
+        }
     }
 
     /// Arms the multishot recv unless one is in flight or the session is
@@ -132,10 +140,11 @@ impl<D: Descriptor> Worker<D> {
         let ud = UserData::Recv(token)
             .encode()
             .expect("admitted keys fit user_data");
-        let sqe = on_target!(self.target(key), t => opcode::RecvMulti::new(t, BGID)
+        let target = self.target(key);
+        let sqe = on_target!(target, t => opcode::RecvMulti::new(t, BGID)
             .build()
             .user_data(ud));
-        self.pending.push(sqe);
+        self.queue(target.shard(), sqe);
         self.set_io(key, RECV_ARMED, true);
         self.recvs_armed += 1;
     }
@@ -153,12 +162,12 @@ impl<D: Descriptor> Worker<D> {
             // handed us its buffer all the same: take it, then give it back
             // unread.
             if let Some(bid) = cqueue::buffer_select(flags) {
-                self.bufs
-                    .as_mut()
-                    .expect("buffer ring present while running")
+                let shard = usize::from(cqe.shard);
+                self.shards[shard]
+                    .bufs()
                     .take(bid, 0)
                     .map_err(io::Error::other)?;
-                self.give_back(bid)?;
+                self.give_back(shard, bid)?;
             }
             self.recvs_armed -= usize::from(!more);
             return Ok(());
@@ -177,14 +186,16 @@ impl<D: Descriptor> Worker<D> {
         if res > 0 {
             let bid = cqueue::buffer_select(flags)
                 .ok_or_else(|| io::Error::other("recv completion without a provided buffer"))?;
-            let bufs = self
+            let shard = usize::from(cqe.shard);
+            let data = self.shards[shard]
                 .bufs
                 .as_mut()
-                .expect("buffer ring present while running");
-            let data = bufs.take(bid, res as usize).map_err(io::Error::other)?;
+                .expect("buffer ring present while running")
+                .take(bid, res as usize)
+                .map_err(io::Error::other)?;
             self.out.clear();
             let verdict = self.core.ingest(key, now, data, &mut self.out);
-            self.give_back(bid)?;
+            self.give_back(shard, bid)?;
             if !self.reply(key, verdict) {
                 return Ok(());
             }
@@ -211,12 +222,11 @@ impl<D: Descriptor> Worker<D> {
         Ok(())
     }
 
-    fn give_back(&mut self, bid: u16) -> io::Result<()> {
-        let bufs = self
-            .bufs
-            .as_mut()
-            .expect("buffer ring present while running");
-        bufs.give_back(bid).map_err(io::Error::other)
+    fn give_back(&mut self, shard: usize, bid: u16) -> io::Result<()> {
+        self.shards[shard]
+            .bufs()
+            .give_back(bid)
+            .map_err(io::Error::other)
     }
 
     /// Sends (or, when blocked, queues) the replies in `self.out`, then
@@ -304,7 +314,8 @@ impl<D: Descriptor> Worker<D> {
                 .build()
                 .user_data(IGNORE)
                 .flags(squeue::Flags::SKIP_SUCCESS);
-            self.pending.push(cancel);
+            let shard = self.target(key).shard();
+            self.queue(shard, cancel);
             self.set_io(key, RECV_CANCELLED, true);
         }
         if io & SEND_IN_FLIGHT == 0 {
@@ -319,10 +330,11 @@ impl<D: Descriptor> Worker<D> {
         let ud = UserData::PollOut(self.core.token(key))
             .encode()
             .expect("admitted keys fit user_data");
-        let sqe = on_target!(self.target(key), t => opcode::PollAdd::new(t, libc::POLLOUT as u32)
+        let target = self.target(key);
+        let sqe = on_target!(target, t => opcode::PollAdd::new(t, libc::POLLOUT as u32)
             .build()
             .user_data(ud));
-        self.pending.push(sqe);
+        self.queue(target.shard(), sqe);
         self.set_io(key, POLL_OUT_ARMED, true);
         self.polls_armed += 1;
     }
@@ -358,6 +370,7 @@ impl<D: Descriptor> Worker<D> {
     pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
         let io = self.io(key);
         let token = self.core.token(key);
+        let shard = self.target(key).shard();
         let socket = self.core.close(key, reason);
         self.control.release();
         // Cancel by user_data, never by descriptor: the kernel finds a
@@ -380,7 +393,7 @@ impl<D: Descriptor> Worker<D> {
                     .build()
                     .user_data(IGNORE)
                     .flags(squeue::Flags::SKIP_SUCCESS);
-                self.pending.push(cancel);
+                self.queue(shard, cancel);
             }
         }
         self.close_socket(socket);
