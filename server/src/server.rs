@@ -114,6 +114,69 @@ fn ticks(timeout: Duration, tick: Duration) -> u32 {
         .min(u32::MAX / 4)
 }
 
+/// Resolves the layout (`--descriptors`, workers, rings per worker) and the
+/// io_uring buffer ring for the selected backend. Without CAP_IPC_LOCK
+/// every ring is charged to RLIMIT_MEMLOCK: when the rings do not fit,
+/// `--backend auto` falls back to epoll (a table per worker thread holds
+/// as many sessions) and a forced `uring` stops, naming the limit.
+fn resolve_layout(
+    config: &ServerConfig,
+    mut selected: sys::Selected,
+    nofile: &limits::NoFile,
+) -> Result<(sys::Selected, limits::Layout, sys::uring::BufferRing)> {
+    let resolve = |uring: bool| {
+        let mut layout = limits::layout(
+            config.descriptors,
+            uring,
+            config.max_sessions,
+            nofile,
+            config.workers,
+            config.workers_given,
+        )
+        .map_err(anyhow::Error::msg)?;
+        if layout.descriptors == limits::Descriptors::Direct {
+            layout.rings = layout
+                .rings
+                .max(config.uring_rings)
+                .min(sys::uring::MAX_SHARDS);
+        }
+        let buffers = if config.uring_buffers_given {
+            config.uring_buffers
+        } else {
+            sys::uring::BufferRing {
+                count: sys::uring::buffers_per_ring(
+                    config.cpus.len(),
+                    layout.workers,
+                    layout.rings,
+                ),
+                ..config.uring_buffers
+            }
+        };
+        anyhow::Ok((layout, buffers))
+    };
+    let uring = matches!(selected.backend, sys::Backend::Uring(_));
+    let (layout, buffers) = resolve(uring)?;
+    if !uring {
+        return Ok((selected, layout, buffers));
+    }
+    let ring = sys::uring::ring_memlock_bytes(layout.rings, buffers.count);
+    let rings = (layout.workers * layout.rings) as u64;
+    let Some(why) = limits::MemLock::raise().shortfall(rings, ring) else {
+        return Ok((selected, layout, buffers));
+    };
+    if config.backend != sys::BackendChoice::Auto {
+        bail!("--backend uring: {why}");
+    }
+    eprintln!("c10m-server: io_uring does not fit RLIMIT_MEMLOCK, using epoll: {why}");
+    selected = sys::Selected {
+        backend: sys::Backend::Epoll,
+        why: "auto:memlock".to_string(),
+        fallback: None,
+    };
+    let (layout, buffers) = resolve(false)?;
+    Ok((selected, layout, buffers))
+}
+
 /// Runs the server until SIGINT/SIGTERM. Returns the final report.
 pub fn run(config: ServerConfig) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,56 +188,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         eprintln!("c10m-server: io_uring unavailable, using epoll: {missing}");
     }
     let nofile = limits::raise_nofile().context("reading RLIMIT_NOFILE")?;
-    let layout = limits::layout(
-        config.descriptors,
-        matches!(selected.backend, sys::Backend::Uring(_)),
-        config.max_sessions,
-        &nofile,
-        config.workers,
-        config.workers_given,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut layout = layout;
-    if layout.descriptors == limits::Descriptors::Direct {
-        layout.rings = layout
-            .rings
-            .max(config.uring_rings)
-            .min(sys::uring::MAX_SHARDS);
-    }
-    let mut selected = selected;
-    // Without CAP_IPC_LOCK every worker ring is charged to RLIMIT_MEMLOCK:
-    // `auto` falls back to epoll (a table per worker thread holds as many
-    // sessions), a forced `uring` stops here naming the limit.
-    let memlock = limits::MemLock::raise();
-    if matches!(selected.backend, sys::Backend::Uring(_)) {
-        let buffers = if config.uring_buffers_given {
-            config.uring_buffers.count
-        } else {
-            sys::uring::buffers_per_ring(config.cpus.len(), layout.workers, layout.rings)
-        };
-        let ring = sys::uring::ring_memlock_bytes(layout.rings, buffers);
-        let rings = (layout.workers * layout.rings) as u64;
-        if let Some(why) = memlock.shortfall(rings, ring) {
-            if config.backend != sys::BackendChoice::Auto {
-                bail!("--backend uring: {why}");
-            }
-            eprintln!("c10m-server: io_uring does not fit RLIMIT_MEMLOCK, using epoll: {why}");
-            selected = sys::Selected {
-                backend: sys::Backend::Epoll,
-                why: "auto:memlock".to_string(),
-                fallback: None,
-            };
-            layout = limits::layout(
-                config.descriptors,
-                false,
-                config.max_sessions,
-                &nofile,
-                config.workers,
-                config.workers_given,
-            )
-            .map_err(anyhow::Error::msg)?;
-        }
-    }
+    let (selected, layout, uring_buffers) = resolve_layout(&config, selected, &nofile)?;
     let n_workers = layout.workers;
     let capacity = layout.capacity(&nofile);
     let max_sessions = config.max_sessions.unwrap_or(capacity);
@@ -190,19 +204,12 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     }
     if let Some(warning) =
         limits::capacity_warning(max_sessions, n_workers, &nofile, layout.descriptors)
+            // It counts one table per worker; a direct layout's rings
+            // are sized to --max-sessions, so only a real shortfall speaks.
             .filter(|_| max_sessions > capacity)
     {
         eprintln!("c10m-server: {warning}");
     }
-
-    let uring_buffers = if config.uring_buffers_given {
-        config.uring_buffers
-    } else {
-        sys::uring::BufferRing {
-            count: sys::uring::buffers_per_ring(config.cpus.len(), n_workers, layout.rings),
-            ..config.uring_buffers
-        }
-    };
 
     let (listeners, bound) = bind_listeners(config.listen, n_workers, config.backlog, config.join)?;
     let admission = Arc::new(Admission::new(max_sessions));
@@ -279,9 +286,16 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             layout.why,
             n_workers,
             match (selected.backend, layout.descriptors) {
-                (sys::Backend::Uring(_), limits::Descriptors::Direct) => format!(
-                    " rings_per_worker={} uring_buffers={}",
-                    layout.rings, uring_buffers.count
+                (sys::Backend::Uring(support), limits::Descriptors::Direct) => format!(
+                    " rings_per_worker={} uring_buffers={}{}",
+                    layout.rings,
+                    uring_buffers.count,
+                    // A worker's several rings run COOP_TASKRUN (sys::uring).
+                    if layout.rings > 1 && support.mode == sys::uring::SetupMode::DeferTaskrun {
+                        " ring_setup=coop-taskrun"
+                    } else {
+                        ""
+                    }
                 ),
                 (sys::Backend::Uring(_), _) => format!(" uring_buffers={}", uring_buffers.count),
                 (sys::Backend::Epoll, _) => String::new(),
