@@ -230,7 +230,9 @@ pub fn buffers_per_worker(cpus: usize, workers: usize) -> u16 {
 /// several rings: with 128, a million sessions on 2 workers × 26 rings ran
 /// their rings dry 250 000 times a second during the first heartbeat
 /// round (turns of 60–250 ms under the ramp); 512 is what 51 rings of one
-/// worker each held a million with, without ENOBUFS.
+/// worker each held a million with, without ENOBUFS, and what 2 × 26 rings
+/// did too (run 20). 256 ran dry 5.2 M times in the drain of a million and
+/// left 156 000 heartbeats unanswered (results/million/run21-*).
 pub const MIN_SHARD_BUF_COUNT: u16 = 512;
 
 /// Provided buffers per ring when each of `workers` workers on `cpus` CPUs
