@@ -92,7 +92,7 @@ pub const THREAD_RESERVE: u64 = 16;
 
 /// Sessions one table holds (a worker thread's, or one of a worker's
 /// io_uring rings'), or `None` for the shared process table.
-pub fn per_worker_capacity(nofile: &NoFile, descriptors: Descriptors) -> Option<u64> {
+pub fn per_table_capacity(nofile: &NoFile, descriptors: Descriptors) -> Option<u64> {
     match descriptors {
         Descriptors::Thread => Some(nofile.soft.saturating_sub(THREAD_RESERVE)),
         Descriptors::Direct => Some(direct_ring_capacity(u64::from(direct_slots(nofile)))),
@@ -104,7 +104,7 @@ pub fn per_worker_capacity(nofile: &NoFile, descriptors: Descriptors) -> Option<
 /// (and `auto`, before it is resolved) descriptors share the process's
 /// table; with `thread` or `direct` each worker has a table of its own.
 pub fn session_capacity(nofile: &NoFile, workers: usize, descriptors: Descriptors) -> u64 {
-    match per_worker_capacity(nofile, descriptors) {
+    match per_table_capacity(nofile, descriptors) {
         Some(each) => workers as u64 * each,
         None => nofile.soft.saturating_sub(reserved_fds(workers)),
     }
@@ -175,7 +175,7 @@ pub fn layout(
     };
     let mut workers = workers.max(1);
     let mut rings = 1;
-    if let (Some(max), Some(each)) = (max_sessions, per_worker_capacity(nofile, descriptors)) {
+    if let (Some(max), Some(each)) = (max_sessions, per_table_capacity(nofile, descriptors)) {
         let tables = max.div_ceil(each.max(1));
         if descriptors == Descriptors::Direct {
             rings =
@@ -286,7 +286,7 @@ pub fn capacity_warning(
     if max_sessions <= capacity {
         return None;
     }
-    if let Some(per_worker) = per_worker_capacity(nofile, descriptors) {
+    if let Some(per_worker) = per_table_capacity(nofile, descriptors) {
         let per_worker = per_worker.max(1);
         let table = if descriptors == Descriptors::Direct {
             "ring holds"

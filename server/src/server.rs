@@ -199,7 +199,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
              table holds {} sessions, and --max-sessions is {max_sessions}",
             config.workers,
             layout.descriptors.name(),
-            limits::per_worker_capacity(&nofile, layout.descriptors).unwrap_or(0),
+            limits::per_table_capacity(&nofile, layout.descriptors).unwrap_or(0),
         );
     }
     if let Some(warning) =
@@ -276,7 +276,7 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             selected.backend.name(),
             selected.why,
             match (
-                limits::per_worker_capacity(&nofile, layout.descriptors),
+                limits::per_table_capacity(&nofile, layout.descriptors),
                 layout.descriptors
             ) {
                 (Some(each), limits::Descriptors::Direct) => format!("direct:{each}-per-ring"),
