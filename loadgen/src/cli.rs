@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// thread has its own descriptor table) or a number [default: auto].
     #[arg(long)]
     pub procs: Option<String>,
+    /// Socket interface of the drivers: `epoll`, `uring` (io_uring direct
+    /// descriptors: one driver per CPU holds any number of sessions) or
+    /// `auto` (epoll while a driver per CPU holds the sessions, else
+    /// io_uring where the kernel has it) [default: auto].
+    #[arg(long, value_name = "auto|epoll|uring")]
+    pub io: Option<String>,
     /// Seed of every random choice (schedules are pure functions of it).
     #[arg(long)]
     pub seed: Option<u64>,

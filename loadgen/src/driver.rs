@@ -1,33 +1,40 @@
-//! `Driver`: one pinned thread, one mio loop, pumping a slice of the
-//! sessions through their sans-IO state machines.
+//! `Driver`: one pinned thread pumping a slice of the sessions through
+//! their sans-IO state machines, over one of two socket interfaces
+//! ([`SocketIo`]):
 //!
-//! Each driver thread has a descriptor table of its own
-//! ([`c10m_server::sys::private_fd_table`]), so RLIMIT_NOFILE bounds one
-//! driver's sockets, not the process's: one process with D drivers holds
-//! D × (RLIMIT_NOFILE less a reserve) sessions ([`crate::procs::layout`]).
+//! - **epoll** (`epoll::EpollIo`): one mio loop; each driver thread has a
+//!   descriptor table of its own ([`c10m_server::sys::private_fd_table`]),
+//!   so RLIMIT_NOFILE bounds one driver's sockets, not the process's: one
+//!   process with D drivers holds D × (RLIMIT_NOFILE less a reserve)
+//!   sessions ([`crate::procs::layout`]).
+//! - **io_uring** (`uring::UringIo`): the driver's sockets are io_uring
+//!   direct descriptors, in as many rings as its sessions need tables (the
+//!   kernel bounds each ring's table by RLIMIT_NOFILE, not the process),
+//!   so one driver per CPU holds any number of sessions. See that module.
 //!
 //! Driver `g` of `D` owns the global session ids `g, g + D, g + 2D, ...`
 //! (so the ramp interleaves evenly) and keeps, per session, the 16-byte
-//! [`ClientSession`], a 12-byte wheel entry and the 4-byte socket (a std
-//! `TcpStream` registered through its fd: mio's wrapper is 16 bytes in
-//! debug builds): 32 bytes,
-//! in three vectors that grow as the ramp opens sessions (so the pages are
-//! touched by sessions, not by the warm-up).
+//! [`ClientSession`] and a 12-byte wheel entry, plus (epoll) the 4-byte
+//! socket (a std `TcpStream` registered through its fd: mio's wrapper is
+//! 16 bytes in debug builds): 32 bytes (28 on io_uring, where the socket
+//! is a slot numbered by the session's index), in vectors that grow as the
+//! ramp opens sessions (so the pages are touched by sessions, not by the
+//! warm-up).
 //!
-//! - **Time.** A timerfd armed at the absolute CLOCK_MONOTONIC time of the
-//!   next deadline wakes the loop to the microsecond (epoll_wait's timeout
-//!   has millisecond granularity and rounds up, which would add up to 1 ms
-//!   of send lag to every heartbeat). Heartbeats are due on whole
-//!   milliseconds; the payload is the intended time in µs since the epoch.
-//! - **Tokens.** `gen << 32 | index`; an event whose generation no longer
+//! - **Time.** The loop sleeps until the absolute CLOCK_MONOTONIC time of
+//!   the next deadline, to the microsecond (a timerfd on epoll, whose own
+//!   timeout has millisecond granularity and rounds up, which would add up
+//!   to 1 ms of send lag to every heartbeat; ppoll with a 1 ns timer slack
+//!   on io_uring). Heartbeats are due on whole milliseconds; the payload is
+//!   the intended time in µs since the epoch.
+//! - **Generations.** Every event or completion carries the session's
+//!   index and connection generation; one whose generation no longer
 //!   matches the session's is for a closed connection and is dropped.
-//!   `TIMER` is the top value.
-//! - **Reads.** Edge-triggered: read until `WouldBlock`, except that a read
-//!   shorter than the buffer proves the socket drained (as tokio also
-//!   relies on with epoll), which saves a syscall per reply. A partial
-//!   reply waits in a per-driver spill map (rare: replies are ~15 bytes).
-//! - **Writes.** A heartbeat is written at once; the rare short write goes
-//!   to a spill map and WRITABLE interest until flushed.
+//! - **Reads.** A partial reply waits in a per-driver spill map (rare:
+//!   replies are ~15 bytes).
+//! - **Writes.** A heartbeat is written at once; the rare short write (or,
+//!   on io_uring, a heartbeat due while the previous send is in flight)
+//!   goes to a spill map until the socket takes it.
 //! - **Connects.** Paced by a token bucket and bounded by an in-flight cap;
 //!   reconnects (churn, outages, retries) skip the bucket but not the cap.
 //! - **Reporting.** Counters and interval histograms are copied into a
@@ -36,29 +43,29 @@
 //! - **End.** Heartbeats stop at the end of the last phase; the loop then
 //!   waits for outstanding replies up to the grace deadline, closes every
 //!   socket (FIN) and returns.
-#![forbid(unsafe_code)]
 
 use crate::clock::RunClock;
 use crate::model::HeartbeatModel;
 use crate::plan::AddressPlan;
+use crate::procs::DriverIo;
 use crate::ramp::TokenBucket;
 use crate::scenario::Timeline;
 use crate::session::{ClientSession, State, Step};
 use crate::stats::{Counters, ErrorKind, Histos};
 use crate::wheel::DeadlineWheel;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use c10m_server::wire::{encode_command, push_decimal};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-const TIMER: Token = Token(usize::MAX);
+mod bytes;
+mod epoll;
+mod uring;
+
+pub use uring::URING_BUFFERS;
+
 const READ_BUF: usize = 64 * 1024;
 
 /// Which sessions a driver owns and how it paces them.
@@ -72,6 +79,7 @@ pub struct DriverSpec {
     pub max_inflight: u32,
     pub connect_timeout_ms: u32,
     pub timeline: Timeline,
+    pub io: DriverIo,
 }
 
 /// What a driver publishes every second.
@@ -93,19 +101,99 @@ pub struct DriverShared {
     pub report: Mutex<DriverReport>,
 }
 
+/// What a socket interface did with a heartbeat's bytes.
+enum Sent {
+    /// All written.
+    All,
+    /// Handed to the kernel whole; its completion is still to come (later
+    /// heartbeats of the session wait in the write spill until then).
+    InFlight,
+    /// Only this many bytes were taken; the rest waits for writability.
+    Partial(usize),
+}
+
+/// A driver's socket interface: how sessions' connections are opened,
+/// written, closed and waited on. Session `idx`'s connection of
+/// generation `gen` is the one these calls name.
+trait SocketIo: Sized {
+    /// Starts connecting.
+    fn open(
+        &mut self,
+        idx: u32,
+        gen: u16,
+        source: Option<SocketAddrV4>,
+        target: SocketAddrV4,
+    ) -> io::Result<()>;
+    /// Writes (or hands over) one heartbeat.
+    fn send(&mut self, idx: u32, gen: u16, bytes: &[u8]) -> io::Result<Sent>;
+    /// Asks for (or stops asking for) writability (after `Sent::Partial`).
+    fn want_writable(&mut self, idx: u32, gen: u16, on: bool) -> io::Result<()>;
+    /// Closes the connection (FIN); `state` is the session's state while
+    /// it was open or connecting, `sending` whether a write is pending.
+    fn close(&mut self, idx: u32, gen: u16, state: State, sending: bool);
+    /// The driver took a new session (index = sessions so far).
+    fn added(&mut self) {}
+    /// A connect whose deadline passed: true if it had in fact completed
+    /// and is now handled as such.
+    fn late_connect(d: &mut Driver<Self>, idx: u32, now_us: u64) -> bool;
+    /// Sleeps until the absolute run time `wake_ms` (or an event), then
+    /// handles whatever arrived.
+    fn turn(d: &mut Driver<Self>, wake_ms: u32) -> io::Result<()>;
+    /// Closes every connection at the end of the run.
+    fn close_all(d: &mut Driver<Self>);
+}
+
+/// A prepared driver, on either socket interface.
+pub struct Prepared(Either);
+
+enum Either {
+    Epoll(Driver<epoll::EpollIo>),
+    Uring(Driver<uring::UringIo>),
+}
+
+impl Prepared {
+    /// Runs the loop from the epoch of `clock` until the run's end.
+    pub fn run(self, clock: RunClock) -> io::Result<()> {
+        match self.0 {
+            Either::Epoll(d) => d.run(clock),
+            Either::Uring(d) => d.run(clock),
+        }
+    }
+}
+
+/// Builds the driver and allocates (and touches) everything that does not
+/// grow with sessions, so that it is part of the warm baseline.
+pub fn prepare(
+    spec: DriverSpec,
+    plan: Arc<AddressPlan>,
+    model: Arc<HeartbeatModel>,
+    shared: Arc<DriverShared>,
+) -> io::Result<Prepared> {
+    if let Some(cpu) = spec.cpu {
+        // Best effort: a CPU outside our cpuset only costs locality.
+        let _ = c10m_server::sys::pin_current_thread(cpu);
+    }
+    Ok(Prepared(match spec.io {
+        DriverIo::Epoll => {
+            let io = epoll::EpollIo::new(spec.count as usize)?;
+            Either::Epoll(Driver::new(spec, plan, model, shared, io))
+        }
+        DriverIo::Uring { slots_per_ring } => {
+            let io = uring::UringIo::new(spec.count, slots_per_ring)?;
+            Either::Uring(Driver::new(spec, plan, model, shared, io))
+        }
+    }))
+}
+
 /// See the module docs.
-pub struct Driver {
+struct Driver<I> {
     spec: DriverSpec,
     plan: Arc<AddressPlan>,
     model: Arc<HeartbeatModel>,
     clock: RunClock,
     shared: Arc<DriverShared>,
-    poll: Poll,
-    events: Events,
-    timer: TimerFd,
-    armed_ms: Option<u32>,
+    io: I,
     sessions: Vec<ClientSession>,
-    sockets: Vec<Option<TcpStream>>,
     wheel: DeadlineWheel,
     pending: VecDeque<u32>,
     read_spill: HashMap<u32, Vec<u8>>,
@@ -123,51 +211,19 @@ pub struct Driver {
     next_flush_ms: u32,
 }
 
-fn token(idx: u32, gen: u16) -> Token {
-    Token((usize::from(gen) << 32) | idx as usize)
-}
-
-impl Driver {
-    /// Builds the driver and allocates (and touches) everything that does
-    /// not grow with sessions, so that it is part of the warm baseline.
-    pub fn prepare(
+impl<I: SocketIo> Driver<I> {
+    fn new(
         spec: DriverSpec,
         plan: Arc<AddressPlan>,
         model: Arc<HeartbeatModel>,
         shared: Arc<DriverShared>,
-    ) -> io::Result<Driver> {
-        if let Some(cpu) = spec.cpu {
-            // Best effort: a CPU outside our cpuset only costs locality.
-            let _ = c10m_server::sys::pin_current_thread(cpu);
-        }
-        // RLIMIT_NOFILE bounds each descriptor table: with one of its own,
-        // this driver holds up to RLIMIT_NOFILE sockets whatever the
-        // process's other drivers hold.
-        c10m_server::sys::private_fd_table(&[]).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("giving a driver thread its own descriptor table: {e}"),
-            )
-        })?;
-        let poll = Poll::new()?;
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
-        poll.registry().register(
-            &mut SourceFd(&timer.as_fd().as_raw_fd()),
-            TIMER,
-            Interest::READABLE,
-        )?;
+        io: I,
+    ) -> Driver<I> {
         let count = spec.count as usize;
         let bucket = TokenBucket::new(spec.rate_per_s, (spec.rate_per_s / 100.0).max(1.0), 0);
-        Ok(Driver {
-            poll,
-            events: Events::with_capacity(1024),
-            timer,
-            armed_ms: None,
+        Driver {
+            io,
             sessions: Vec::with_capacity(count),
-            sockets: Vec::with_capacity(count),
             wheel: DeadlineWheel::new(0, count),
             pending: VecDeque::with_capacity(spec.max_inflight as usize),
             read_spill: HashMap::new(),
@@ -188,7 +244,7 @@ impl Driver {
             model,
             clock: RunClock::from_epoch_ns(0),
             shared,
-        })
+        }
     }
 
     /// Heartbeats sent on live connections and not answered yet.
@@ -203,7 +259,7 @@ impl Driver {
     }
 
     /// Runs the loop from the epoch of `clock` until the run's end.
-    pub fn run(mut self, clock: RunClock) -> io::Result<()> {
+    fn run(mut self, clock: RunClock) -> io::Result<()> {
         self.clock = clock;
         let result = self.run_loop();
         self.shutdown();
@@ -230,27 +286,7 @@ impl Driver {
                 self.next_flush_ms = (now / 1_000 + 1) * 1_000;
             }
             let wake = self.next_wake(now, now_us, &tl);
-            self.arm(wake)?;
-            let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-            let polled = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(250)));
-            match polled {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.events = events;
-                    return Err(e);
-                }
-            }
-            let now_us = self.clock.now_us();
-            // A reply read now may let a planned close (a drain's first)
-            // go ahead: what was held at the hold's end is counted first.
-            self.record_held((now_us / 1_000) as u32);
-            for event in events.iter() {
-                self.dispatch(event, now_us);
-            }
-            self.events = events;
+            I::turn(self, wake)?;
         }
     }
 
@@ -260,39 +296,6 @@ impl Driver {
         if !self.held_recorded && now >= self.spec.timeline.hold_end_ms {
             self.counters.held_at_end = self.counters.open;
             self.held_recorded = true;
-        }
-    }
-
-    fn dispatch(&mut self, event: &mio::event::Event, now_us: u64) {
-        if event.token() == TIMER {
-            // Not read: the expiration count is reset by the re-arm that
-            // always follows (timerfd_settime zeroes it), and every expiry
-            // wakes the edge-triggered registration anew. Saves a read per
-            // timer wake-up (~0.7 syscalls per heartbeat in the million
-            // layout).
-            self.armed_ms = None;
-            return;
-        }
-        let idx = (event.token().0 & 0xFFFF_FFFF) as u32;
-        let gen = (event.token().0 >> 32) as u16;
-        let Some(s) = self.sessions.get(idx as usize) else {
-            return;
-        };
-        if s.gen() != gen {
-            return; // stale: that connection is gone
-        }
-        match s.state() {
-            State::Connecting => self.on_connect_event(idx, now_us),
-            State::Open => {
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.on_readable(idx, now_us);
-                }
-                let s = &self.sessions[idx as usize];
-                if event.is_writable() && s.gen() == gen && s.has_write_spill() {
-                    self.flush_write(idx, now_us);
-                }
-            }
-            State::Waiting | State::Done => {}
         }
     }
 
@@ -315,19 +318,6 @@ impl Driver {
         wake
     }
 
-    fn arm(&mut self, wake_ms: u32) -> io::Result<()> {
-        if self.armed_ms == Some(wake_ms) {
-            return Ok(());
-        }
-        let at = TimeSpec::from(Duration::from_nanos(self.clock.abs_ns(wake_ms)));
-        self.timer.set(
-            Expiration::OneShot(at),
-            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-        )?;
-        self.armed_ms = Some(wake_ms);
-        Ok(())
-    }
-
     fn expire(&mut self, now: u32, now_us: u64) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(now, &mut due);
@@ -344,6 +334,7 @@ impl Driver {
         loop {
             let s = &mut self.sessions[idx as usize];
             let outstanding = u64::from(s.outstanding());
+            let (gen, state, sending) = (s.gen(), s.state(), s.has_write_spill());
             match s.poll(&self.model, sid, now) {
                 Step::Heartbeat { intended_ms } => {
                     if !self.send_heartbeat(idx, intended_ms, now, now_us) {
@@ -356,9 +347,7 @@ impl Driver {
                     // ago with its event still unread. Only a socket that is
                     // still unconnected has timed out (the late connect's
                     // latency is recorded as it is).
-                    if self.established(idx) {
-                        self.on_connect_event(idx, now_us);
-                    } else {
+                    if !I::late_connect(self, idx, now_us) {
                         self.fail(idx, ErrorKind::Timeout, now, None);
                     }
                     return;
@@ -366,7 +355,7 @@ impl Driver {
                 Step::Close(_) => {
                     self.counters.closes_planned += 1;
                     self.counters.open -= 1;
-                    self.drop_connection(idx, outstanding);
+                    self.drop_connection(idx, (gen, state, sending), outstanding);
                 }
                 Step::Connect => {
                     self.pending.push_back(idx);
@@ -381,11 +370,13 @@ impl Driver {
         }
     }
 
-    /// Closes the socket and forgets spilled bytes; `lost` heartbeats of
-    /// this connection will never be answered.
-    fn drop_connection(&mut self, idx: u32, lost: u64) {
+    /// Closes session `idx`'s connection, whose generation, state and
+    /// pending write were `was` while it lived, and forgets spilled bytes;
+    /// `lost` heartbeats of it will never be answered.
+    fn drop_connection(&mut self, idx: u32, was: (u16, State, bool), lost: u64) {
         self.counters.heartbeats_lost += lost;
-        self.sockets[idx as usize] = None;
+        let (gen, state, sending) = was;
+        self.io.close(idx, gen, state, sending);
         if !self.read_spill.is_empty() {
             self.read_spill.remove(&idx);
         }
@@ -407,12 +398,13 @@ impl Driver {
             self.first_errors.entry(kind.key()).or_insert(text);
         }
         let s = &self.sessions[idx as usize];
-        match s.state() {
+        let was = (s.gen(), s.state(), s.has_write_spill());
+        match was.1 {
             State::Connecting => self.inflight -= 1,
             State::Open => self.counters.open -= 1,
             State::Waiting | State::Done => {}
         }
-        self.drop_connection(idx, u64::from(s.outstanding()));
+        self.drop_connection(idx, was, u64::from(s.outstanding()));
         let sid = self.sid(idx);
         match self.sessions[idx as usize].failed(&self.model, sid, now, not_before) {
             Some(t) => self.wheel.schedule(idx, t),
@@ -432,7 +424,7 @@ impl Driver {
                 let sid = self.sid(self.sessions.len() as u32);
                 self.sessions
                     .push(ClientSession::new(self.model.class_of(sid)));
-                self.sockets.push(None);
+                self.io.added();
                 let idx = self.wheel.push_entry();
                 self.connect(idx, now, now_us);
             } else {
@@ -447,46 +439,17 @@ impl Driver {
         self.inflight += 1;
         let s = &mut self.sessions[idx as usize];
         let deadline = s.start_connect(now_us, self.spec.connect_timeout_ms);
-        let tok = token(idx, s.gen());
+        let gen = s.gen();
         self.wheel.schedule(idx, deadline);
-        let opened = bytes::open_socket(source, target).and_then(|stream| {
-            let fd = stream.as_raw_fd();
-            let both = Interest::READABLE | Interest::WRITABLE;
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&fd), tok, both)?;
-            Ok(stream)
-        });
-        match opened {
-            Ok(stream) => self.sockets[idx as usize] = Some(stream),
-            Err(e) => self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
+        if let Err(e) = self.io.open(idx, gen, source, target) {
+            self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
         }
     }
 
-    /// True if the session's socket has completed its handshake.
-    fn established(&self, idx: u32) -> bool {
-        self.sockets[idx as usize]
-            .as_ref()
-            .is_some_and(|s| matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok())
-    }
-
-    fn on_connect_event(&mut self, idx: u32, now_us: u64) {
+    /// Session `idx`'s connect completed: count it and schedule its first
+    /// heartbeat.
+    fn on_connected(&mut self, idx: u32, now_us: u64) {
         let now = (now_us / 1_000) as u32;
-        let Some(stream) = self.sockets[idx as usize].as_mut() else {
-            return;
-        };
-        let status = match stream.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => stream.peer_addr().map(drop),
-        };
-        match status {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-            Err(e) => return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
-        }
-        if !self.set_write_interest(idx, false, now) {
-            return;
-        }
         self.inflight -= 1;
         self.counters.connects_ok += 1;
         self.counters.open += 1;
@@ -502,6 +465,97 @@ impl Driver {
             Some(t) => self.wheel.schedule(idx, t),
             None => self.wheel.cancel(idx),
         }
+    }
+
+    /// Sends one heartbeat; false if the connection failed doing so.
+    fn send_heartbeat(&mut self, idx: u32, intended_ms: u32, now: u32, now_us: u64) -> bool {
+        let intended_us = u64::from(intended_ms) * 1_000;
+        self.histos
+            .send_lag
+            .saturating_record(now_us.saturating_sub(intended_us));
+        self.digits.clear();
+        push_decimal(intended_us, &mut self.digits);
+        self.out.clear();
+        encode_command(&[b"PING", &self.digits], &mut self.out);
+        self.counters.heartbeats_sent += 1;
+        let s = &mut self.sessions[idx as usize];
+        if s.has_write_spill() {
+            self.write_spill
+                .entry(idx)
+                .or_default()
+                .extend_from_slice(&self.out);
+            return true;
+        }
+        let gen = s.gen();
+        match self.io.send(idx, gen, &self.out) {
+            Ok(Sent::All) => true,
+            Ok(Sent::InFlight) => {
+                self.sessions[idx as usize].set_write_spill(true);
+                true
+            }
+            Ok(Sent::Partial(written)) => {
+                self.counters.write_spills += 1;
+                let rest = self.out[written..].to_vec();
+                self.write_spill.insert(idx, rest);
+                self.set_write_interest(idx, true, now)
+            }
+            Err(e) => {
+                self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+                false
+            }
+        }
+    }
+
+    /// Marks session `idx` as waiting for writability (or not) and asks
+    /// the socket interface for it; false if the connection failed.
+    fn set_write_interest(&mut self, idx: u32, on: bool, now: u32) -> bool {
+        let s = &mut self.sessions[idx as usize];
+        s.set_write_spill(on);
+        let gen = s.gen();
+        if let Err(e) = self.io.want_writable(idx, gen, on) {
+            self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+            return false;
+        }
+        true
+    }
+
+    /// Serves the `n` bytes just read into `scratch` for session `idx`;
+    /// false if the session's connection ended doing so (a protocol error,
+    /// or a planned close that was waiting for these replies).
+    fn ingest(&mut self, idx: u32, n: usize, now_us: u64) -> bool {
+        let now = (now_us / 1_000) as u32;
+        let s = &mut self.sessions[idx as usize];
+        let result = if s.has_read_spill() {
+            let mut buf = self.read_spill.remove(&idx).unwrap_or_default();
+            buf.extend_from_slice(&self.scratch[..n]);
+            let r = bytes::consume_replies(s, &mut self.counters, &mut self.histos, &buf, now_us);
+            r.map(|used| buf[used..].to_vec())
+        } else {
+            let buf = &self.scratch[..n];
+            let r = bytes::consume_replies(s, &mut self.counters, &mut self.histos, buf, now_us);
+            r.map(|used| buf[used..].to_vec())
+        };
+        match result {
+            Ok(rest) => {
+                let s = &mut self.sessions[idx as usize];
+                s.set_read_spill(!rest.is_empty());
+                if !rest.is_empty() {
+                    self.counters.read_spills += 1;
+                    self.read_spill.insert(idx, rest);
+                }
+            }
+            Err((kind, text)) => {
+                self.fail(idx, kind, now, text);
+                return false;
+            }
+        }
+        if self.sessions[idx as usize].close_due(now) {
+            // A planned close was waiting for these replies.
+            self.wheel.cancel(idx);
+            self.advance(idx, now, now_us);
+            return false;
+        }
+        true
     }
 
     /// Publishes counters and interval histograms to the fleet.
@@ -521,16 +575,14 @@ impl Driver {
             self.counters.held_at_end = self.counters.open;
         }
         // Publish the last second before closing thousands of sockets takes
-        // its time, then close them (FIN; closing also leaves the epoll set).
+        // its time, then close them (FIN).
         self.flush();
-        self.sockets.clear();
+        I::close_all(self);
         self.counters.open = 0;
         self.flush();
         self.shared.finished.store(true, Ordering::Release);
     }
 }
-
-mod bytes;
 
 #[cfg(test)]
 mod tests {
@@ -540,15 +592,7 @@ mod tests {
     fn per_session_footprint_fits_32_bytes() {
         let per_session = std::mem::size_of::<ClientSession>()
             + 12 // wheel entry: next, prev, deadline
-            + std::mem::size_of::<Option<TcpStream>>();
+            + std::mem::size_of::<Option<std::net::TcpStream>>();
         assert!(per_session <= 32, "{per_session}");
-    }
-
-    #[test]
-    fn tokens_carry_index_and_generation() {
-        let t = token(123_456, 7);
-        assert_eq!(t.0 & 0xFFFF_FFFF, 123_456);
-        assert_eq!(t.0 >> 32, 7);
-        assert_ne!(token(u32::MAX - 1, u16::MAX), TIMER);
     }
 }

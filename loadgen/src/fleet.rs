@@ -8,9 +8,10 @@
 #![forbid(unsafe_code)]
 
 use crate::clock::RunClock;
-use crate::driver::{Driver, DriverShared, DriverSpec};
+use crate::driver::{self, DriverShared, DriverSpec};
 use crate::model::HeartbeatModel;
 use crate::plan::AddressPlan;
+use crate::procs::DriverIo;
 use crate::scenario::RunConfig;
 use crate::stats::{Counters, Histos};
 use anyhow::{anyhow, Context, Result};
@@ -41,6 +42,7 @@ pub struct Share {
     pub index: usize,
     pub procs: usize,
     pub threads: usize,
+    pub io: DriverIo,
 }
 
 impl Share {
@@ -57,6 +59,7 @@ impl Share {
             max_inflight: (u64::from(config.max_inflight) / drivers).max(1) as u32,
             connect_timeout_ms: config.connect_timeout_ms as u32,
             timeline: config.timeline(),
+            io: self.io,
         }
     }
 }
@@ -104,7 +107,7 @@ impl LocalFleet {
             let handle = std::thread::Builder::new()
                 .name(format!("driver-{}", share.index * share.threads + t))
                 .spawn(move || {
-                    let driver = match Driver::prepare(spec, plan, model, thread_shared) {
+                    let driver = match driver::prepare(spec, plan, model, thread_shared) {
                         Ok(d) => {
                             let _ = ready.send(Ok(()));
                             d

@@ -24,7 +24,7 @@
 
 use crate::clock::RunClock;
 use crate::fleet::{LocalFleet, Share, Snapshot};
-use crate::scenario::RunConfig;
+use crate::scenario::{IoMode, RunConfig};
 use crate::stats::{Counters, Histos};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,16 +53,116 @@ pub fn per_thread(nofile_hard: u64, threads: usize) -> u64 {
 /// Most driver threads per process that `layout` picks by itself.
 const MAX_THREADS: usize = 4096;
 
-/// Processes and driver threads per process for `config` under a hard
-/// RLIMIT_NOFILE of `nofile_hard` on `cores` CPUs.
+/// How the drivers reach their sockets, resolved from [`IoMode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverIo {
+    /// A mio loop and a descriptor table per driver.
+    #[default]
+    Epoll,
+    /// io_uring direct descriptors, `slots_per_ring` per ring, as many
+    /// rings per driver as its sessions need.
+    Uring { slots_per_ring: u32 },
+}
+
+impl DriverIo {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverIo::Epoll => "epoll",
+            DriverIo::Uring { .. } => "uring",
+        }
+    }
+}
+
+/// Processes, drivers per process and their socket interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub procs: usize,
+    pub threads: usize,
+    pub io: DriverIo,
+    /// Why this interface, one token: `epoll`, `uring`, `auto:fits-tables`,
+    /// `auto:over-tables,io_uring`, `auto:over-tables,<why not io_uring>`.
+    pub why: String,
+}
+
+/// The layout of `config` under a hard RLIMIT_NOFILE of `nofile_hard` on
+/// `cores` CPUs. `uring(rings)` says whether io_uring can run that many
+/// client rings in this process (kernel support, RLIMIT_MEMLOCK): `Err`
+/// is a short token and a sentence.
+///
+/// - **epoll** ([`epoll_layout`]): a descriptor table per driver, as many
+///   drivers as the sessions need tables.
+/// - **uring**: one driver per CPU (or `--threads`), each with as many
+///   rings of `nofile_hard` direct descriptors as its sessions need.
+/// - **auto**: epoll while one driver per CPU holds the sessions; past
+///   that io_uring (a thread per table costs 1.4× the CPU per heartbeat
+///   of a few: results/direct/threads-per-core), or epoll's layout when
+///   io_uring cannot run, with the reason in `why`.
+pub fn layout(
+    config: &RunConfig,
+    nofile_hard: u64,
+    cores: usize,
+    uring: &dyn Fn(usize) -> Result<(), (String, String)>,
+) -> Result<Layout> {
+    let procs = config.procs.max(1);
+    let threads = if config.threads > 0 {
+        config.threads
+    } else {
+        (cores / procs).max(1)
+    };
+    let slots_per_ring = nofile_hard.clamp(1, MAX_RING_SLOTS) as u32;
+    let rings = || {
+        let share = config.sessions.div_ceil(procs as u64);
+        let per_driver = share.div_ceil(threads as u64);
+        procs * threads * per_driver.div_ceil(u64::from(slots_per_ring)).max(1) as usize
+    };
+    let epoll = |why: String| {
+        let (procs, threads) = epoll_layout(config, nofile_hard, cores)?;
+        Ok(Layout {
+            procs,
+            threads,
+            io: DriverIo::Epoll,
+            why,
+        })
+    };
+    let on_uring = |why: String| Layout {
+        procs,
+        threads,
+        io: DriverIo::Uring { slots_per_ring },
+        why,
+    };
+    match config.io {
+        IoMode::Epoll => epoll("epoll".into()),
+        IoMode::Uring => match uring(rings()) {
+            Ok(()) => Ok(on_uring("uring".into())),
+            Err((_, text)) => bail!("--io uring: {text}; use --io epoll"),
+        },
+        IoMode::Auto => {
+            let share = config.sessions.div_ceil(procs as u64);
+            if per_thread(nofile_hard, threads) * threads as u64 >= share {
+                return epoll("auto:fits-tables".into());
+            }
+            match uring(rings()) {
+                Ok(()) => Ok(on_uring("auto:over-tables,io_uring".into())),
+                Err((token, _)) => epoll(format!("auto:over-tables,{token}")),
+            }
+        }
+    }
+}
+
+/// Most direct descriptors one ring's table takes (IORING_MAX_FIXED_FILES).
+const MAX_RING_SLOTS: u64 = 1 << 20;
+
+/// Processes and driver threads per process for `config` on epoll under a
+/// hard RLIMIT_NOFILE of `nofile_hard` on `cores` CPUs.
 ///
 /// RLIMIT_NOFILE bounds each descriptor table, and every driver thread has
-/// its own, so one process holds any number of sessions: `auto` is one
-/// process with one driver per CPU, or as many drivers as the sessions
-/// need tables. `--procs N` splits the drivers over N processes (for fault
-/// isolation or A/B runs); an explicit `--threads` that cannot hold its
-/// share is refused with the numbers.
-pub fn layout(config: &RunConfig, nofile_hard: u64, cores: usize) -> Result<(usize, usize)> {
+/// its own, so one process holds any number of sessions: one process with
+/// one driver per CPU, or as many drivers as the sessions need tables.
+/// `--procs N` splits the drivers over N processes (for fault isolation or
+/// A/B runs); an explicit `--threads` that cannot hold its share is
+/// refused with the numbers.
+pub fn epoll_layout(config: &RunConfig, nofile_hard: u64, cores: usize) -> Result<(usize, usize)> {
     let procs = config.procs.max(1);
     let share = config.sessions.div_ceil(procs as u64);
     if config.threads > 0 {
@@ -115,6 +215,8 @@ pub struct ChildOrder {
     pub index: usize,
     pub procs: usize,
     pub threads: usize,
+    #[serde(default)]
+    pub io: DriverIo,
 }
 
 /// A child's stdout line. (One a second: the size gap between variants
@@ -153,7 +255,12 @@ pub struct ChildFleet {
 
 impl ChildFleet {
     /// Spawns `procs` children and waits until every one is ready.
-    pub fn start(config: &RunConfig, procs: usize, threads: usize) -> Result<ChildFleet> {
+    pub fn start(
+        config: &RunConfig,
+        procs: usize,
+        threads: usize,
+        io: DriverIo,
+    ) -> Result<ChildFleet> {
         let exe = std::env::current_exe().context("cannot find this executable to re-run it")?;
         let (tx, rx) = mpsc::channel();
         let mut fleet = ChildFleet {
@@ -180,6 +287,7 @@ impl ChildFleet {
                 index,
                 procs,
                 threads,
+                io,
             };
             writeln!(stdin, "{}", serde_json::to_string(&order)?)?;
             fleet.stdins.push(Some(stdin));
@@ -355,6 +463,7 @@ fn run_child(
         index: order.index,
         procs: order.procs,
         threads: order.threads,
+        io: order.io,
     };
     let mut fleet = LocalFleet::start(&config, plan, model, share)?;
     // Warm the per-second path (collect, encode) before the parent's baseline.
@@ -447,19 +556,22 @@ mod tests {
 
     #[test]
     fn auto_is_one_process_with_a_descriptor_table_per_driver() {
-        assert_eq!(layout(&config(15_000, None), 20_000, 2).unwrap(), (1, 2));
+        assert_eq!(
+            epoll_layout(&config(15_000, None), 20_000, 2).unwrap(),
+            (1, 2)
+        );
         // 100 000 sessions: 19 912 per table with 6 threads; 5 would do
         // for the sessions but keep less back, so the count is checked.
-        let (procs, threads) = layout(&config(100_000, None), 20_000, 2).unwrap();
+        let (procs, threads) = epoll_layout(&config(100_000, None), 20_000, 2).unwrap();
         assert_eq!((procs, threads), (1, 6));
         assert!(per_thread(20_000, 5) * 5 < 100_000);
         assert!(per_thread(20_000, 6) * 6 >= 100_000);
-        let (_, t) = layout(&config(1_000_000, None), 20_000, 2).unwrap();
+        let (_, t) = epoll_layout(&config(1_000_000, None), 20_000, 2).unwrap();
         assert_eq!(t, 51);
         assert!(per_thread(20_000, t) * t as u64 >= 1_000_000);
         assert!(per_thread(20_000, t - 1) * (t as u64 - 1) < 1_000_000);
         assert_eq!(
-            layout(&config(1_000_000, None), 1_048_576, 24).unwrap(),
+            epoll_layout(&config(1_000_000, None), 1_048_576, 24).unwrap(),
             (1, 24)
         );
     }
@@ -467,35 +579,95 @@ mod tests {
     #[test]
     fn explicit_processes_split_the_drivers() {
         assert_eq!(
-            layout(&config(30_000, Some("2")), 20_000, 2).unwrap(),
+            epoll_layout(&config(30_000, Some("2")), 20_000, 2).unwrap(),
             (2, 1)
         );
         assert_eq!(
-            layout(&config(60_000, Some("4")), 20_000, 2).unwrap(),
+            epoll_layout(&config(60_000, Some("4")), 20_000, 2).unwrap(),
             (4, 1)
         );
         assert_eq!(
-            layout(&config(100_000, Some("2")), 20_000, 2).unwrap(),
+            epoll_layout(&config(100_000, Some("2")), 20_000, 2).unwrap(),
             (2, 3)
         );
     }
 
     #[test]
     fn explicit_threads_that_cannot_fit_are_refused_with_numbers() {
-        let err = layout(&with_threads(30_000, Some("1"), 1), 20_000, 2)
+        let err = epoll_layout(&with_threads(30_000, Some("1"), 1), 20_000, 2)
             .unwrap_err()
             .to_string();
         assert!(err.contains("RLIMIT_NOFILE hard limit is 20000"), "{err}");
         assert!(err.contains("holds at most 19932 sessions"), "{err}");
         assert!(err.contains("use --threads 2"), "{err}");
         assert_eq!(
-            layout(&with_threads(30_000, Some("1"), 2), 20_000, 2).unwrap(),
+            epoll_layout(&with_threads(30_000, Some("1"), 2), 20_000, 2).unwrap(),
             (1, 2)
         );
-        let err = layout(&config(10_000, None), 100, 2)
+        let err = epoll_layout(&config(10_000, None), 100, 2)
             .unwrap_err()
             .to_string();
         assert!(err.contains("over 4096 driver threads"), "{err}");
+    }
+
+    fn with_io(sessions: u64, io: IoMode) -> RunConfig {
+        RunConfig {
+            io,
+            ..config(sessions, None)
+        }
+    }
+
+    #[test]
+    fn auto_io_keeps_epoll_while_a_driver_per_cpu_holds_the_sessions() {
+        let no_uring = |_: usize| Err(("io_uring-missing".to_string(), "no".to_string()));
+        let uring_ok = |_: usize| Ok(());
+        let l = layout(&with_io(30_000, IoMode::Auto), 20_000, 2, &uring_ok).unwrap();
+        assert_eq!(
+            (l.io, l.threads, l.why.as_str()),
+            (DriverIo::Epoll, 2, "auto:fits-tables")
+        );
+        // A million on 2 CPUs: 2 drivers of 25 rings of 20 000 slots.
+        let rings = std::cell::Cell::new(0);
+        let counting = |n: usize| {
+            rings.set(n);
+            Ok(())
+        };
+        let l = layout(&with_io(1_000_000, IoMode::Auto), 20_000, 2, &counting).unwrap();
+        assert_eq!(
+            (l.procs, l.threads, l.io),
+            (
+                1,
+                2,
+                DriverIo::Uring {
+                    slots_per_ring: 20_000
+                }
+            )
+        );
+        assert_eq!(l.why, "auto:over-tables,io_uring");
+        assert_eq!(rings.get(), 50);
+        // Without io_uring: epoll's table per driver, and the reason.
+        let l = layout(&with_io(1_000_000, IoMode::Auto), 20_000, 2, &no_uring).unwrap();
+        assert_eq!((l.io, l.threads), (DriverIo::Epoll, 51));
+        assert_eq!(l.why, "auto:over-tables,io_uring-missing");
+    }
+
+    #[test]
+    fn forced_io_is_kept_or_refused_in_words() {
+        let no_uring =
+            |_: usize| Err(("memlock".to_string(), "RLIMIT_MEMLOCK is 8 KiB".to_string()));
+        let uring_ok = |_: usize| Ok(());
+        let l = layout(&with_io(100, IoMode::Uring), 20_000, 2, &uring_ok).unwrap();
+        assert_eq!(
+            (l.io.name(), l.threads, l.why.as_str()),
+            ("uring", 2, "uring")
+        );
+        let l = layout(&with_io(1_000_000, IoMode::Epoll), 20_000, 2, &uring_ok).unwrap();
+        assert_eq!((l.io, l.threads), (DriverIo::Epoll, 51));
+        let err = layout(&with_io(100, IoMode::Uring), 20_000, 2, &no_uring)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--io uring: RLIMIT_MEMLOCK is 8 KiB"), "{err}");
+        assert!(err.contains("use --io epoll"), "{err}");
     }
 
     #[test]

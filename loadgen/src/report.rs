@@ -78,6 +78,9 @@ pub struct RunOutcome {
     pub host: HostFacts,
     pub procs: usize,
     pub threads: usize,
+    /// The drivers' socket interface (`epoll` or `uring`) and why.
+    pub io: String,
+    pub io_why: String,
     pub counters: Counters,
     pub histos: Histos,
     /// The intervals after every ramp session was open, up to the hold's
@@ -189,7 +192,7 @@ pub fn summary(o: &RunOutcome) -> Value {
     let mut s = json!({
         "config": o.config,
         "host": o.host,
-        "layout": {"procs": o.procs, "threads_per_proc": o.threads, "drivers": o.procs * o.threads},
+        "layout": {"procs": o.procs, "threads_per_proc": o.threads, "drivers": o.procs * o.threads, "io": o.io, "io_why": o.io_why},
         "timeline_ms": {"ramp_end": tl.ramp_end_ms, "hold_end": tl.hold_end_ms, "end": tl.end_ms,
                          "deadline": tl.deadline_ms},
         "duration_s": round1(o.duration_s),
@@ -231,6 +234,7 @@ pub fn summary(o: &RunOutcome) -> Value {
         "error_hints": error_hints,
         "first_errors": o.first_errors,
         "spills": {"read": c.read_spills, "write": c.write_spills},
+        "recv_enobufs": c.recv_enobufs,
         "monitor": {
             "nice": m.nice,
             "late_rows": m.late_rows,

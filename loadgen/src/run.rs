@@ -207,6 +207,34 @@ fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, full: bool) ->
     }
 }
 
+/// Whether `rings` io_uring client rings can run here: the kernel runs the
+/// whole client chain ([`c10m_server::sys::uring::client::client_probe`]),
+/// and RLIMIT_MEMLOCK holds the rings where the process lacks CAP_IPC_LOCK.
+fn uring_check(rings: usize) -> Result<(), (String, String)> {
+    use c10m_server::sys::uring;
+    uring::client::client_probe().map_err(|e| ("io_uring-missing".to_string(), e))?;
+    let memlock = c10m_server::limits::MemLock::raise();
+    let per_ring = uring::ring_memlock_bytes(2, crate::driver::URING_BUFFERS);
+    match memlock.rings_that_fit(per_ring) {
+        Some(fit) if (rings as u64) > fit => {
+            let need_kib = (rings as u64 * per_ring).div_ceil(1024);
+            Err((
+                "memlock".to_string(),
+                format!(
+                    "RLIMIT_MEMLOCK is {} KiB (hard {} KiB) and this process lacks \
+                     CAP_IPC_LOCK, so the kernel counts io_uring ring memory against it: \
+                     {rings} client rings of ~{} KiB need {need_kib} KiB, and {fit} fit. Raise \
+                     it (ulimit -l {need_kib}), grant CAP_IPC_LOCK, or use --io epoll",
+                    memlock.soft / 1024,
+                    memlock.hard / 1024,
+                    per_ring.div_ceil(1024),
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs `c10m-loadgen run`; returns the process exit status.
 pub fn run_command(args: &RunArgs) -> Result<i32> {
     if args.child {
@@ -218,7 +246,8 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let facts = HostFacts::probe();
     let plan = Arc::new(address_plan(&config)?);
     let cores = c10m_server::sys::allowed_cpus().len();
-    let (procs, threads) = procs::layout(&config, hard, cores)?;
+    let layout = procs::layout(&config, hard, cores, &uring_check)?;
+    let (procs, threads, io) = (layout.procs, layout.threads, layout.io);
     let started = SystemTime::now();
     let mut timeline = config
         .out
@@ -233,10 +262,11 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
             index: 0,
             procs: 1,
             threads,
+            io,
         };
         Fleet::Local(LocalFleet::start(&config, plan.clone(), model, share)?)
     } else {
-        Fleet::Children(ChildFleet::start(&config, procs, threads)?)
+        Fleet::Children(ChildFleet::start(&config, procs, threads, io)?)
     };
 
     // Warm baseline: the fleet is prepared, the monitor path has run once.
@@ -405,6 +435,8 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         host: facts,
         procs,
         threads,
+        io: layout.io.name().into(),
+        io_why: layout.why.clone(),
         histos: totals,
         full_hold,
         cpu_window_from,

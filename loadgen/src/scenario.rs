@@ -78,6 +78,7 @@ struct ScenarioFile {
     source: Option<String>,
     threads: Option<usize>,
     procs: Option<toml::Value>,
+    io: Option<String>,
     seed: Option<u64>,
     grace: Option<Dur>,
     #[serde(default, rename = "class")]
@@ -174,6 +175,34 @@ pub struct Thresholds {
     pub max_unanswered: Option<u64>,
 }
 
+/// How drivers talk to their sockets (`--io`, scenario key `io`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// epoll while one driver per CPU (one descriptor table each) holds
+    /// the sessions, else io_uring where the kernel offers what it needs
+    /// (direct descriptors: a driver per CPU holds any number), else epoll
+    /// with as many drivers as the sessions need tables.
+    #[default]
+    Auto,
+    /// A mio (epoll) loop per driver, a descriptor table per driver.
+    Epoll,
+    /// io_uring direct descriptors in as many rings per driver as its
+    /// sessions need tables; fail at start-up if the kernel lacks them.
+    Uring,
+}
+
+impl IoMode {
+    pub fn parse(text: &str) -> Result<IoMode> {
+        match text {
+            "auto" => Ok(IoMode::Auto),
+            "epoll" => Ok(IoMode::Epoll),
+            "uring" | "io_uring" => Ok(IoMode::Uring),
+            other => bail!("io {other:?}: expected auto, epoll or uring"),
+        }
+    }
+}
+
 /// Everything a run needs, resolved; see the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -192,6 +221,9 @@ pub struct RunConfig {
     pub threads: usize,
     /// 0 = auto.
     pub procs: usize,
+    /// The drivers' socket interface.
+    #[serde(default)]
+    pub io: IoMode,
     pub seed: u64,
     pub grace_ms: u64,
     pub classes: Vec<ClassConfig>,
@@ -335,6 +367,10 @@ impl RunConfig {
                 .unwrap_or(5_000),
             threads: args.threads.or(file.threads).unwrap_or(0),
             procs,
+            io: match args.io.clone().or(file.io.clone()) {
+                Some(text) => IoMode::parse(&text)?,
+                None => IoMode::Auto,
+            },
             seed: args.seed.or(file.seed).unwrap_or(1),
             grace_ms: flag_or_file(args.grace, file.grace).unwrap_or(5_000),
             classes,

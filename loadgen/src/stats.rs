@@ -150,6 +150,10 @@ pub struct Counters {
     pub closes_planned: u64,
     pub read_spills: u64,
     pub write_spills: u64,
+    /// io_uring: recvs ended because a ring's provided buffers ran dry
+    /// (re-armed; the data waits in the socket).
+    #[serde(default)]
+    pub recv_enobufs: u64,
     pub errors: [u64; 10],
     /// Sessions established for the first time (the ramp's own connects).
     pub ramp_connected: u64,
@@ -171,6 +175,7 @@ impl Counters {
         self.closes_planned += o.closes_planned;
         self.read_spills += o.read_spills;
         self.write_spills += o.write_spills;
+        self.recv_enobufs += o.recv_enobufs;
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
             *a += b;
         }

@@ -190,14 +190,24 @@ fn describe(out: &Output) -> String {
 
 #[test]
 fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
+    holds_ten_thousand_sessions_and_answers_every_heartbeat_on("epoll");
+}
+
+#[test]
+fn holds_ten_thousand_sessions_and_answers_every_heartbeat_on_io_uring() {
+    holds_ten_thousand_sessions_and_answers_every_heartbeat_on("uring");
+}
+
+fn holds_ten_thousand_sessions_and_answers_every_heartbeat_on(io: &str) {
     let server = Server::start(&["--max-sessions", "19000"]);
     let dir = tempfile::tempdir().unwrap();
     let out = loadgen(&format!(
-        "--target {} --sessions 10000 --rate 10000 --hold 3s --heartbeat 1s --out {} --expect-sessions 10000 --max-errors 0",
+        "--io {io} --target {} --sessions 10000 --rate 10000 --hold 3s --heartbeat 1s --out {} --expect-sessions 10000 --max-errors 0",
         server.addr, dir.path().to_str().unwrap()
     ));
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s = summary(dir.path());
+    assert_eq!(s["layout"]["io"], io, "{:#}", s["layout"]);
     for key in [
         "/config/sessions",
         "/host/kernel",
@@ -264,10 +274,19 @@ fn holds_ten_thousand_sessions_and_answers_every_heartbeat() {
 
 #[test]
 fn expect_sessions_fails_when_the_server_admits_fewer() {
+    expect_sessions_fails_when_the_server_admits_fewer_on("epoll");
+}
+
+#[test]
+fn expect_sessions_fails_when_the_server_admits_fewer_on_io_uring() {
+    expect_sessions_fails_when_the_server_admits_fewer_on("uring");
+}
+
+fn expect_sessions_fails_when_the_server_admits_fewer_on(io: &str) {
     let server = Server::start(&["--max-sessions", "100"]);
     let dir = tempfile::tempdir().unwrap();
     let out = loadgen(&format!(
-        "--target {} --sessions 300 --rate 1000 --hold 2s --heartbeat 500ms --out {} --expect-sessions 300",
+        "--io {io} --target {} --sessions 300 --rate 1000 --hold 2s --heartbeat 500ms --out {} --expect-sessions 300",
         server.addr, dir.path().to_str().unwrap()
     ));
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
@@ -305,10 +324,19 @@ fn expect_sessions_fails_when_the_server_admits_fewer() {
 /// (never sooner), and every session gets in.
 #[test]
 fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in() {
+    busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on("epoll");
+}
+
+#[test]
+fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on_io_uring() {
+    busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on("uring");
+}
+
+fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on(io: &str) {
     let server = Server::start(&["--workers", "1", "--accept-rate", "400"]);
     let dir = tempfile::tempdir().unwrap();
     let out = loadgen(&format!(
-        "--target {} --sessions 1000 --rate 5000 --hold 8s --heartbeat 1s --out {} \
+        "--io {io} --target {} --sessions 1000 --rate 5000 --hold 8s --heartbeat 1s --out {} \
          --expect-sessions 1000 --max-errors 0",
         server.addr,
         dir.path().to_str().unwrap()
@@ -348,6 +376,15 @@ fn max_p99_and_max_errors_fail_as_they_should() {
 
 #[test]
 fn refused_connections_are_counted_with_a_hint() {
+    refused_connections_are_counted_with_a_hint_on("epoll");
+}
+
+#[test]
+fn refused_connections_are_counted_with_a_hint_on_io_uring() {
+    refused_connections_are_counted_with_a_hint_on("uring");
+}
+
+fn refused_connections_are_counted_with_a_hint_on(io: &str) {
     // A port with no listener: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -357,7 +394,7 @@ fn refused_connections_are_counted_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let target = format!("127.0.0.1:{port}");
     let out = loadgen(&format!(
-        "--target {} --sessions 50 --rate 500 --hold 1s --out {} --max-errors 0 --grace 0s",
+        "--io {io} --target {} --sessions 50 --rate 500 --hold 1s --out {} --max-errors 0 --grace 0s",
         target,
         dir.path().to_str().unwrap()
     ));
@@ -410,7 +447,7 @@ fn one_process_holds_more_sessions_than_its_descriptor_limit() {
     let dir = tempfile::tempdir().unwrap();
     let out = loadgen_with_nofile(
         &format!(
-            "--target {} --sessions 3000 --rate 5000 --hold 2s --heartbeat 500ms --out {} \
+            "--io epoll --target {} --sessions 3000 --rate 5000 --hold 2s --heartbeat 500ms --out {} \
              --expect-sessions 3000 --max-errors 0 --max-unanswered 0",
             server.addr,
             dir.path().to_str().unwrap()
@@ -431,7 +468,7 @@ fn one_process_holds_more_sessions_than_its_descriptor_limit() {
     // Told to use one thread, it refuses before opening anything.
     let out = loadgen_with_nofile(
         &format!(
-            "--target {} --sessions 3000 --threads 1 --hold 1s",
+            "--io epoll --target {} --sessions 3000 --threads 1 --hold 1s",
             server.addr
         ),
         Some(1_000),
@@ -440,6 +477,51 @@ fn one_process_holds_more_sessions_than_its_descriptor_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RLIMIT_NOFILE hard limit is 1000"), "{err}");
     assert!(err.contains("use --threads 4"), "{err}");
+}
+
+/// io_uring direct descriptors: RLIMIT_NOFILE 1 000 bounds each ring's
+/// table, not the driver, so `auto` keeps one driver per CPU and gives
+/// each as many rings as its sessions need (here 3 000 sessions on one
+/// driver: 3 rings of 1 000 slots; on two, 2 each).
+#[test]
+fn one_io_uring_driver_holds_more_sessions_than_its_descriptor_limit() {
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = loadgen_with_nofile(
+        &format!(
+            "--target {} --sessions 3000 --threads 1 --rate 5000 --hold 2s --heartbeat 500ms \
+             --out {} --expect-sessions 3000 --max-errors 0 --max-unanswered 0",
+            server.addr,
+            dir.path().to_str().unwrap()
+        ),
+        Some(1_000),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert_eq!(s["layout"]["io"], "uring", "{:#}", s["layout"]);
+    assert_eq!(s["layout"]["io_why"], "auto:over-tables,io_uring");
+    assert_eq!(num(&s, "/layout/procs"), 1);
+    assert_eq!(num(&s, "/layout/threads_per_proc"), 1);
+    assert_eq!(num(&s, "/loadgen/processes"), 1);
+    assert_eq!(num(&s, "/host/rlimit_nofile_hard"), 1_000);
+    assert_eq!(num(&s, "/sessions/held_at_end"), 3_000);
+    let sent = num(&s, "/heartbeats/sent");
+    assert!(sent > 6_000, "{sent}");
+    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+
+    // Sessions that fit a table per CPU stay on epoll.
+    let out = loadgen_with_nofile(
+        &format!(
+            "--target {} --sessions 500 --rate 5000 --hold 1s --out {}",
+            server.addr,
+            dir.path().to_str().unwrap()
+        ),
+        Some(1_000),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let s = summary(dir.path());
+    assert_eq!(s["layout"]["io"], "epoll", "{:#}", s["layout"]);
+    assert_eq!(s["layout"]["io_why"], "auto:fits-tables");
 }
 
 #[test]
@@ -467,6 +549,15 @@ fn fans_out_to_child_processes_and_merges_exactly() {
 
 #[test]
 fn churn_storm_and_drain_scenario_runs_clean() {
+    churn_storm_and_drain_scenario_runs_clean_on("epoll");
+}
+
+#[test]
+fn churn_storm_and_drain_scenario_runs_clean_on_io_uring() {
+    churn_storm_and_drain_scenario_runs_clean_on("uring");
+}
+
+fn churn_storm_and_drain_scenario_runs_clean_on(io: &str) {
     let server = Server::start(&["--max-sessions", "19000"]);
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("s.toml");
@@ -493,7 +584,7 @@ duration = "1s"
     .unwrap();
     let out_dir = dir.path().join("out");
     let out = loadgen(&format!(
-        "--scenario {} --target {} --out {} --max-errors 0",
+        "--io {io} --scenario {} --target {} --out {} --max-errors 0",
         scenario.to_str().unwrap(),
         server.addr,
         out_dir.to_str().unwrap()

@@ -28,6 +28,8 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
         host: HostFacts::probe(),
         procs: 1,
         threads: 2,
+        io: "epoll".into(),
+        io_why: "auto:fits-tables".into(),
         counters,
         histos,
         full_hold: Histos::new(),

@@ -110,6 +110,7 @@
 //! worker failed), the buffer and send memory is leaked, never freed.
 
 mod bufring;
+pub mod client;
 mod probe;
 mod sendbuf;
 mod session;

@@ -1,0 +1,702 @@
+//! `ClientRings`: outgoing connections on io_uring direct descriptors, for
+//! the load generator's io_uring driver (all the `unsafe` of that driver
+//! lives here, behind a safe interface; the loadgen crate forbids it).
+//!
+//! A driver owns one `ClientRings`: as many rings as its sessions need
+//! tables, each with a sparse table of `slots_per_ring` direct descriptors
+//! (the kernel bounds each ring's table by RLIMIT_NOFILE, and nothing
+//! counts fixed files across rings), so one thread holds any number of
+//! connections with none in its descriptor table. Slot `s` is slot
+//! `s % slots_per_ring` of ring `s / slots_per_ring`; the caller numbers
+//! its sessions that way and a reconnect reuses its slot.
+//!
+//! # Requests (all on the slot's fixed descriptor)
+//! - **connect**: one linked chain, submitted together: SOCKET into the
+//!   slot, URING_CMD setsockopt TCP_NODELAY, and with a source address
+//!   setsockopt IP_BIND_ADDRESS_NO_PORT (the port is chosen at connect, per
+//!   destination) and BIND, then CONNECT. The steps before CONNECT post
+//!   only failures (CQE_SKIP_SUCCESS), reported as [`Kind::Setup`]; the
+//!   CONNECT always completes ([`Kind::Op`], result 0 when established).
+//!   Needs Linux 6.11 (BIND), probed by [`probe`].
+//! - **recv**: a multishot recv over the ring's provided-buffer ring. The
+//!   bytes are copied out as completions are taken and the buffer given
+//!   back at once, so a ring's buffers cover one turn's replies, not its
+//!   connections. ENOBUFS (the ring ran dry) ends it without consuming
+//!   data: the caller re-arms it.
+//! - **send**: the bytes are copied into a send arena (valid until the
+//!   completion) and sent with MSG_WAITALL: the kernel finishes a short
+//!   send itself, so a completion is the whole message or an error; a
+//!   socket that cannot take it waits in the kernel, not the caller.
+//! - **close**: ASYNC_CANCEL of the caller's requests on the slot (by
+//!   `user_data`: cancelling by descriptor walks every armed poll of the
+//!   ring) then CLOSE of the slot. An in-flight request holds its socket,
+//!   so the cancels must come first for the FIN to go out.
+//!
+//! # Waiting
+//! Every ring runs COOP_TASKRUN with the TASKRUN flag and signals one
+//! eventfd when it posts a completion (a DEFER_TASKRUN ring signals it
+//! only after an RCU grace period, ~15 ms measured on Linux 6.18: see the
+//! server's worker). [`ClientRings::wait`] submits every ring's queued
+//! requests, returns at once if a ring has completions or kernel work,
+//! else reads the eventfd empty, checks again, and sleeps in ppoll until
+//! the eventfd or the timeout. The thread's timer slack is set to 1 ns so
+//! that the timeout (the next heartbeat due) is kept to the microsecond.
+//!
+//! # Memory
+//! Per ring, from start-up: SQ 256 × 64 B + CQ 1 024 × 16 B (kernel
+//! mapped), `buffers` × `buffer_size` provided buffers; per connection
+//! nothing in user space. Dropping `ClientRings` cancels everything and
+//! waits for the completions (at most [`super::DRAIN_TIMEOUT`]); memory
+//! the kernel may still use is leaked, never freed.
+
+use super::bufring::BufRing;
+use super::sendbuf::{SendArena, Staged};
+use super::{probe, SetupMode, DRAIN_TIMEOUT, SHARD_CQ_ENTRIES, SHARD_SQ_ENTRIES};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Caller tags must be below this (the top bits say what a request is).
+pub const MAX_TAG: u64 = 1 << 61;
+const KIND_SHIFT: u32 = 61;
+const KIND_OP: u64 = 0;
+const KIND_SEND: u64 = 1;
+const KIND_IGNORE: u64 = 2;
+const KIND_SETUP: u64 = 3;
+const IGNORE: u64 = KIND_IGNORE << KIND_SHIFT;
+const BGID: u16 = 0;
+
+/// Value of the boolean socket options (read by the kernel when the
+/// setsockopt runs, which may be after the submitting call returns).
+static ONE: libc::c_int = 1;
+
+/// What a completion is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A connect's CONNECT or a recv.
+    Op,
+    /// A failed step of a connect chain before its CONNECT (whose own
+    /// completion follows, ECANCELED).
+    Setup,
+    /// A send: the whole message (its length) or an error.
+    Send,
+}
+
+/// A completion, copied out of its ring.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub tag: u64,
+    pub kind: Kind,
+    /// The kernel's result: ≥ 0, or a negated errno.
+    pub result: i32,
+    /// A multishot recv stays armed.
+    pub more: bool,
+    /// Received bytes, in the buffer [`ClientRings::take`] filled.
+    pub data: Range<usize>,
+}
+
+impl Completion {
+    /// The error, when the result is one.
+    pub fn error(&self) -> Option<io::Error> {
+        (self.result < 0).then(|| io::Error::from_raw_os_error(-self.result))
+    }
+}
+
+struct Ring {
+    // Field order matters: the ring is closed before the memory it may use.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    /// Requests queued since the last enter.
+    queued: bool,
+    /// Addresses of BIND and CONNECT requests still in the SQ: the kernel
+    /// copies them when it takes the request, so they are kept (boxed:
+    /// they do not move) until the SQ has been emptied.
+    /// (The box is the point: the SQEs hold pointers into each address,
+    /// which must not move when the vector grows.)
+    #[allow(clippy::vec_box)]
+    addrs: Vec<Box<socket2::SockAddr>>,
+}
+
+/// A send in flight.
+#[derive(Debug, Clone, Copy, Default)]
+struct SendRecord {
+    tag: u64,
+    slot: u32,
+    staged: Staged,
+    /// Bytes the kernel has sent (a short send is continued from here).
+    done: u32,
+}
+
+/// See the module docs.
+pub struct ClientRings {
+    // Field order matters: the rings are closed before the memory they may use.
+    rings: Vec<Ring>,
+    arena: SendArena,
+    sends: Slab<SendRecord>,
+    /// Completions being handled (resident: no allocation per turn).
+    cqes: Vec<cqueue::Entry>,
+    slots_per_ring: u32,
+    wake: OwnedFd,
+    /// Requests whose last completion has not come yet (connects, recvs,
+    /// sends).
+    in_flight: usize,
+}
+
+/// Kernel support for [`ClientRings`], checked by running it: one
+/// connection over the whole chain (SOCKET into a slot, both socket
+/// options, BIND, CONNECT), a multishot recv, a send and a close, against
+/// a listener on 127.0.0.1.
+pub fn client_probe() -> Result<(), String> {
+    probe().map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let SocketAddr::V4(target) = listener.local_addr().map_err(|e| e.to_string())? else {
+        return Err("the probe listener is not IPv4".into());
+    };
+    let mut rings = ClientRings::new(1, 2, 8, 64).map_err(|e| e.to_string())?;
+    let source = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+    rings
+        .connect(1, 7, Some(source), target)
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    let mut step = 0;
+    let mut accepted = None;
+    while Instant::now() < deadline {
+        rings
+            .wait(Duration::from_millis(20))
+            .map_err(|e| e.to_string())?;
+        out.clear();
+        data.clear();
+        rings.take(&mut out, &mut data);
+        for c in &out {
+            if let Some(e) = c.error() {
+                let what = match (c.kind, step) {
+                    (Kind::Setup, _) => "SOCKET, URING_CMD setsockopt or BIND (Linux 6.11)",
+                    (_, 0) => "CONNECT on a direct descriptor",
+                    (Kind::Send, _) => "SEND on a direct descriptor",
+                    _ => "multishot RECV on a direct descriptor",
+                };
+                return Err(format!("io_uring {what} failed: {e}"));
+            }
+            match (c.kind, step) {
+                (Kind::Op, 0) => {
+                    let (stream, _) = listener.accept().map_err(|e| e.to_string())?;
+                    rings.recv(1, 8).map_err(|e| e.to_string())?;
+                    rings.send(1, 9, b"ping").map_err(|e| e.to_string())?;
+                    accepted = Some(stream);
+                    step = 1;
+                }
+                (Kind::Send, 1) => {
+                    use std::io::{Read, Write};
+                    let stream = accepted.as_mut().ok_or("no accepted stream")?;
+                    let mut buf = [0u8; 4];
+                    stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                    if &buf != b"ping" {
+                        return Err(format!("the probe's send arrived as {buf:?}"));
+                    }
+                    stream.write_all(b"pong").map_err(|e| e.to_string())?;
+                    step = 2;
+                }
+                (Kind::Op, 2) if &data[c.data.clone()] == b"pong" => {
+                    rings.close(1, &[8], false).map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+    Err(format!(
+        "the io_uring client probe stalled at step {step} of 3"
+    ))
+}
+
+impl ClientRings {
+    /// Rings for `connections` slots, `slots_per_ring` each (at most
+    /// RLIMIT_NOFILE), each with `buffers` provided buffers (a power of
+    /// two) of `buffer_size` bytes. Sets the calling thread's timer slack
+    /// to 1 ns (see the module docs): make it on the thread that uses it.
+    pub fn new(
+        connections: u64,
+        slots_per_ring: u32,
+        buffers: u16,
+        buffer_size: u32,
+    ) -> io::Result<ClientRings> {
+        let slots_per_ring = slots_per_ring.max(1);
+        let count = connections.div_ceil(u64::from(slots_per_ring)).max(1);
+        if count > super::MAX_SHARDS as u64 {
+            return Err(io::Error::other(format!(
+                "{connections} connections in tables of {slots_per_ring} would need {count} \
+                 io_uring rings (at most {})",
+                super::MAX_SHARDS
+            )));
+        }
+        // SAFETY: eventfd has no memory arguments; a non-negative result is
+        // a new descriptor that we own from here on.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is the fresh eventfd above, owned by nothing else.
+        let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+        let context = |what: String| {
+            move |e: io::Error| {
+                let memlock = if e.raw_os_error() == Some(libc::ENOMEM) {
+                    "; without CAP_IPC_LOCK every io_uring ring counts against \
+                     RLIMIT_MEMLOCK: raise it (ulimit -l, LimitMEMLOCK=) or use --io epoll"
+                } else {
+                    ""
+                };
+                io::Error::new(e.kind(), format!("{what}: {e}{memlock}"))
+            }
+        };
+        let mut rings = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let ring = SetupMode::CoopTaskrun
+                .build(SHARD_SQ_ENTRIES, SHARD_CQ_ENTRIES, true)
+                .map_err(context(format!(
+                    "creating io_uring ring {} of {count}",
+                    i + 1
+                )))?;
+            let bufs = BufRing::new(&ring.submitter(), BGID, buffers, buffer_size)
+                .map_err(context("registering a provided-buffer ring".into()))?;
+            ring.submitter()
+                .register_files_sparse(slots_per_ring)
+                .map_err(context(format!(
+                    "registering a table of {slots_per_ring} direct descriptors (the kernel \
+                     allows at most RLIMIT_NOFILE slots per ring)"
+                )))?;
+            ring.submitter()
+                .register_eventfd(wake.as_raw_fd())
+                .map_err(context("registering the driver's eventfd".into()))?;
+            rings.push(Ring {
+                ring,
+                bufs: Some(bufs),
+                queued: false,
+                addrs: Vec::new(),
+            });
+        }
+        let mut sends = Slab::with_capacity(SHARD_SQ_ENTRIES as usize);
+        for _ in 0..SHARD_SQ_ENTRIES {
+            sends.insert(SendRecord::default());
+        }
+        sends.clear();
+        Ok(ClientRings {
+            rings,
+            arena: SendArena::with_resident_chunk(),
+            sends,
+            cqes: Vec::with_capacity(SHARD_CQ_ENTRIES as usize),
+            slots_per_ring,
+            wake,
+            in_flight: 0,
+        })
+    }
+
+    /// Rings this holds.
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Slots this holds (rings × slots per ring).
+    pub fn capacity(&self) -> u64 {
+        self.rings.len() as u64 * u64::from(self.slots_per_ring)
+    }
+
+    fn locate(&self, slot: u32) -> io::Result<(usize, types::Fixed)> {
+        let ring = (slot / self.slots_per_ring) as usize;
+        if ring >= self.rings.len() {
+            return Err(io::Error::other(format!(
+                "slot {slot} is past the {} slots of these rings",
+                self.capacity()
+            )));
+        }
+        Ok((ring, types::Fixed(slot % self.slots_per_ring)))
+    }
+
+    /// Queues `entries` on ring `ring` as one unit: a linked chain is
+    /// never split across two submissions.
+    fn push(&mut self, ring: usize, entries: &[squeue::Entry]) -> io::Result<()> {
+        let r = &mut self.rings[ring];
+        r.queued = true;
+        loop {
+            let mut sq = r.ring.submission();
+            if sq.capacity() - sq.len() >= entries.len() {
+                // SAFETY: every entry points only at memory that outlives
+                // its use by the kernel: the static option value, the send
+                // arena (released on the send's completion), the ring's own
+                // buffer ring, or addresses that `Ring::addrs` keeps until
+                // the SQ is empty (the kernel copies them when it takes
+                // the request).
+                unsafe { sq.push_multiple(entries) }
+                    .map_err(|_| io::Error::other("submission queue has no room after a check"))?;
+                return Ok(());
+            }
+            drop(sq);
+            match r.ring.submit() {
+                Ok(_) => {}
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts connecting slot `slot` to `target` (from `source`'s address,
+    /// any port, when given); completions carry `tag`.
+    pub fn connect(
+        &mut self,
+        slot: u32,
+        tag: u64,
+        source: Option<SocketAddrV4>,
+        target: SocketAddrV4,
+    ) -> io::Result<()> {
+        let (ring, fixed) = self.locate(slot)?;
+        let tag = checked(tag)?;
+        let setup = KIND_SETUP << KIND_SHIFT | tag;
+        let quiet = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
+        let dest = types::DestinationSlot::try_from_slot_target(fixed.0)
+            .map_err(|_| io::Error::other(format!("slot {} is not a valid target", fixed.0)))?;
+        let one: *const libc::c_void = (&ONE as *const libc::c_int).cast();
+        let optlen = std::mem::size_of::<libc::c_int>() as u32;
+        let target = Box::new(socket2::SockAddr::from(SocketAddr::V4(target)));
+        let source = source.map(|s| Box::new(socket2::SockAddr::from(SocketAddr::V4(s))));
+        let mut chain = Vec::with_capacity(5);
+        chain.push(
+            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP)
+                .file_index(Some(dest))
+                .build()
+                .flags(quiet)
+                .user_data(setup),
+        );
+        chain.push(
+            opcode::SetSockOpt::new(
+                fixed,
+                libc::IPPROTO_TCP as u32,
+                libc::TCP_NODELAY as u32,
+                one,
+                optlen,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(setup),
+        );
+        if let Some(src) = &source {
+            chain.push(
+                opcode::SetSockOpt::new(
+                    fixed,
+                    libc::IPPROTO_IP as u32,
+                    libc::IP_BIND_ADDRESS_NO_PORT as u32,
+                    one,
+                    optlen,
+                )
+                .build()
+                .flags(quiet)
+                .user_data(setup),
+            );
+            chain.push(
+                opcode::Bind::new(fixed, src.as_ptr().cast(), src.len())
+                    .build()
+                    .flags(quiet)
+                    .user_data(setup),
+            );
+        }
+        chain.push(
+            opcode::Connect::new(fixed, target.as_ptr().cast(), target.len())
+                .build()
+                .user_data(KIND_OP << KIND_SHIFT | tag),
+        );
+        self.push(ring, &chain)?;
+        let r = &mut self.rings[ring];
+        r.addrs.push(target);
+        r.addrs.extend(source);
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Arms a multishot recv on `slot`; completions carry `tag`.
+    pub fn recv(&mut self, slot: u32, tag: u64) -> io::Result<()> {
+        let (ring, fixed) = self.locate(slot)?;
+        let tag = checked(tag)?;
+        let recv = opcode::RecvMulti::new(fixed, BGID)
+            .build()
+            .user_data(KIND_OP << KIND_SHIFT | tag);
+        self.push(ring, &[recv])?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Sends `bytes` on `slot`; the completion carries `tag`.
+    pub fn send(&mut self, slot: u32, tag: u64, bytes: &[u8]) -> io::Result<()> {
+        let tag = checked(tag)?;
+        let staged = self.arena.stage(bytes);
+        let key = self.sends.insert(SendRecord {
+            tag,
+            slot,
+            staged,
+            done: 0,
+        });
+        if let Err(e) = self.send_staged(key) {
+            self.sends.remove(key);
+            self.arena.release(staged);
+            return Err(e);
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Queues the send of record `key`'s bytes not sent yet.
+    fn send_staged(&mut self, key: usize) -> io::Result<()> {
+        let rec = self.sends[key];
+        let (ring, fixed) = self.locate(rec.slot)?;
+        let skip = rec.done as usize;
+        let len = (rec.staged.len() - skip) as u32;
+        let send = opcode::Send::new(fixed, self.arena.ptr(rec.staged, skip), len)
+            .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(KIND_SEND << KIND_SHIFT | key as u64);
+        self.push(ring, &[send])
+    }
+
+    /// Cancels the requests tagged `cancel` (and, with `sends`, every
+    /// request on the slot: a send the peer does not read would keep the
+    /// socket open), then closes `slot`.
+    pub fn close(&mut self, slot: u32, cancel: &[u64], sends: bool) -> io::Result<()> {
+        let (ring, fixed) = self.locate(slot)?;
+        let quiet = |e: squeue::Entry| e.flags(squeue::Flags::SKIP_SUCCESS).user_data(IGNORE);
+        let mut entries = Vec::with_capacity(cancel.len() + 2);
+        for &tag in cancel {
+            let ud = KIND_OP << KIND_SHIFT | checked(tag)?;
+            let all = types::CancelBuilder::user_data(ud).all();
+            entries.push(quiet(opcode::AsyncCancel2::new(all).build()));
+        }
+        if sends {
+            let all = types::CancelBuilder::fd(fixed).all();
+            entries.push(quiet(opcode::AsyncCancel2::new(all).build()));
+        }
+        entries.push(quiet(opcode::Close::new(fixed).build()));
+        self.push(ring, &entries)
+    }
+
+    fn submit(&mut self, ring: usize) -> io::Result<()> {
+        // Waiting for one completion with a zero timeout: the enter runs
+        // the ring's pending work too (GETEVENTS).
+        let zero = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&zero);
+        let r = &mut self.rings[ring];
+        r.queued = false;
+        let result = match r.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e) if transient(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if r.ring.submission().is_empty() {
+            r.addrs.clear();
+        } else {
+            r.queued = true; // not all taken: try again at the next wait
+        }
+        result
+    }
+
+    /// A ring has completions to take or kernel work to run.
+    fn any_ready(&mut self) -> bool {
+        self.rings.iter_mut().any(|r| {
+            if !r.ring.completion().is_empty() {
+                return true;
+            }
+            let sq = r.ring.submission();
+            sq.taskrun() || sq.cq_overflow()
+        })
+    }
+
+    /// Submits every queued request, then sleeps until a completion or
+    /// `timeout` (see the module docs).
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        for ring in 0..self.rings.len() {
+            if self.rings[ring].queued {
+                self.submit(ring)?;
+            }
+        }
+        if timeout.is_zero() || self.any_ready() {
+            return Ok(());
+        }
+        let mut count = [0u8; 8];
+        let _ = nix::unistd::read(self.wake.as_raw_fd(), &mut count);
+        if self.any_ready() {
+            return Ok(());
+        }
+        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+        let mut fds = [nix::poll::PollFd::new(
+            self.wake.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::ppoll(&mut fds, Some(ts), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Moves every ring's completions into `out`, received bytes into
+    /// `data` (each buffer is given back to its ring at once); completions
+    /// of the rings' own requests (cancels, closes) and of partial sends
+    /// (re-queued here) are not reported.
+    pub fn take(&mut self, out: &mut Vec<Completion>, data: &mut Vec<u8>) {
+        for ring in 0..self.rings.len() {
+            {
+                let r = &mut self.rings[ring];
+                let sq = r.ring.submission();
+                let enter = sq.taskrun() || sq.cq_overflow();
+                drop(sq);
+                if enter {
+                    let _ = self.submit(ring);
+                }
+            }
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.rings[ring].ring.completion());
+            for e in &cqes {
+                self.complete(ring, e, out, data);
+            }
+            cqes.clear();
+            self.cqes = cqes;
+        }
+    }
+
+    fn complete(
+        &mut self,
+        ring: usize,
+        e: &cqueue::Entry,
+        out: &mut Vec<Completion>,
+        data: &mut Vec<u8>,
+    ) {
+        let ud = e.user_data();
+        let tag = ud & (MAX_TAG - 1);
+        let more = cqueue::more(e.flags());
+        let start = data.len();
+        if let Some(bid) = cqueue::buffer_select(e.flags()) {
+            let bufs = self.rings[ring]
+                .bufs
+                .as_mut()
+                .expect("buffer ring present while running");
+            let len = e.result().max(0) as usize;
+            if let Ok(bytes) = bufs.take(bid, len) {
+                data.extend_from_slice(bytes);
+            }
+            let _ = bufs.give_back(bid);
+        }
+        let kind = match ud >> KIND_SHIFT {
+            KIND_OP => {
+                if !more {
+                    self.in_flight -= 1;
+                }
+                Kind::Op
+            }
+            KIND_SETUP => Kind::Setup,
+            KIND_SEND => {
+                let key = tag as usize;
+                let Some(rec) = self.sends.get_mut(key) else {
+                    return;
+                };
+                let sent = e.result();
+                if sent > 0 {
+                    rec.done += sent as u32;
+                    // MSG_WAITALL leaves a short send only when interrupted:
+                    // send the rest (same record, same bytes).
+                    if (rec.done as usize) < rec.staged.len() && self.send_staged(key).is_ok() {
+                        return;
+                    }
+                }
+                let rec = self.sends.remove(key);
+                self.arena.release(rec.staged);
+                self.in_flight -= 1;
+                out.push(Completion {
+                    tag: rec.tag,
+                    kind: Kind::Send,
+                    result: if sent < 0 { sent } else { rec.done as i32 },
+                    more: false,
+                    data: start..start,
+                });
+                return;
+            }
+            _ => return, // a cancel or close: nothing to report
+        };
+        out.push(Completion {
+            tag,
+            kind,
+            result: e.result(),
+            more,
+            data: start..data.len(),
+        });
+    }
+
+    /// Requests whose last completion has not come yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Cancels everything and waits for the completions, at most
+    /// [`DRAIN_TIMEOUT`]; true if nothing is left in flight.
+    fn drain(&mut self) -> bool {
+        for ring in 0..self.rings.len() {
+            let any = types::CancelBuilder::any();
+            let cancel = opcode::AsyncCancel2::new(any)
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(IGNORE);
+            if self.push(ring, &[cancel]).is_err() {
+                return false;
+            }
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        while self.in_flight > 0 && Instant::now() < deadline {
+            if self.wait(Duration::from_millis(20)).is_err() {
+                return false;
+            }
+            out.clear();
+            data.clear();
+            self.take(&mut out, &mut data);
+        }
+        self.in_flight == 0
+    }
+}
+
+impl Drop for ClientRings {
+    fn drop(&mut self) {
+        if !self.drain() {
+            eprintln!(
+                "c10m: {} io_uring requests still in flight after {DRAIN_TIMEOUT:?}; their \
+                 buffers are leaked, not freed",
+                self.in_flight
+            );
+            // The kernel may still write into these after the rings close.
+            for r in &mut self.rings {
+                std::mem::forget(r.bufs.take());
+            }
+            self.arena.leak();
+        }
+        // Closing the rings closes every slot's socket (FIN).
+    }
+}
+
+fn checked(tag: u64) -> io::Result<u64> {
+    if tag < MAX_TAG {
+        Ok(tag)
+    } else {
+        Err(io::Error::other(format!(
+            "io_uring tag {tag:#x} is too large"
+        )))
+    }
+}
+
+/// Errors after which the loop simply goes round again.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}
