@@ -129,8 +129,8 @@ trait SocketIo: Sized {
     /// Asks for (or stops asking for) writability (after `Sent::Partial`).
     fn want_writable(&mut self, idx: u32, gen: u16, on: bool) -> io::Result<()>;
     /// Closes the connection (FIN); `state` is the session's state while
-    /// it was open or connecting, `sending` whether a write is pending.
-    fn close(&mut self, idx: u32, gen: u16, state: State, sending: bool);
+    /// it was open or connecting.
+    fn close(&mut self, idx: u32, gen: u16, state: State);
     /// The driver took a new session (index = sessions so far).
     fn added(&mut self) {}
     /// A connect whose deadline passed: true if it had in fact completed
@@ -334,7 +334,7 @@ impl<I: SocketIo> Driver<I> {
         loop {
             let s = &mut self.sessions[idx as usize];
             let outstanding = u64::from(s.outstanding());
-            let (gen, state, sending) = (s.gen(), s.state(), s.has_write_spill());
+            let (gen, state) = (s.gen(), s.state());
             match s.poll(&self.model, sid, now) {
                 Step::Heartbeat { intended_ms } => {
                     if !self.send_heartbeat(idx, intended_ms, now, now_us) {
@@ -355,7 +355,7 @@ impl<I: SocketIo> Driver<I> {
                 Step::Close(_) => {
                     self.counters.closes_planned += 1;
                     self.counters.open -= 1;
-                    self.drop_connection(idx, (gen, state, sending), outstanding);
+                    self.drop_connection(idx, (gen, state), outstanding);
                 }
                 Step::Connect => {
                     self.pending.push_back(idx);
@@ -370,13 +370,12 @@ impl<I: SocketIo> Driver<I> {
         }
     }
 
-    /// Closes session `idx`'s connection, whose generation, state and
-    /// pending write were `was` while it lived, and forgets spilled bytes;
-    /// `lost` heartbeats of it will never be answered.
-    fn drop_connection(&mut self, idx: u32, was: (u16, State, bool), lost: u64) {
+    /// Closes session `idx`'s connection, whose generation and state were
+    /// `was` while it lived, and forgets spilled bytes; `lost` heartbeats
+    /// of it will never be answered.
+    fn drop_connection(&mut self, idx: u32, was: (u16, State), lost: u64) {
         self.counters.heartbeats_lost += lost;
-        let (gen, state, sending) = was;
-        self.io.close(idx, gen, state, sending);
+        self.io.close(idx, was.0, was.1);
         if !self.read_spill.is_empty() {
             self.read_spill.remove(&idx);
         }
@@ -398,7 +397,7 @@ impl<I: SocketIo> Driver<I> {
             self.first_errors.entry(kind.key()).or_insert(text);
         }
         let s = &self.sessions[idx as usize];
-        let was = (s.gen(), s.state(), s.has_write_spill());
+        let was = (s.gen(), s.state());
         match was.1 {
             State::Connecting => self.inflight -= 1,
             State::Open => self.counters.open -= 1,

@@ -150,7 +150,7 @@ impl SocketIo for EpollIo {
             .reregister(&mut SourceFd(&fd), token(idx, gen), interest)
     }
 
-    fn close(&mut self, idx: u32, _gen: u16, _state: State, _sending: bool) {
+    fn close(&mut self, idx: u32, _gen: u16, _state: State) {
         // Closing also leaves the epoll set.
         self.sockets[idx as usize] = None;
     }

@@ -17,8 +17,8 @@
 //! - **Writes.** A heartbeat is handed to the kernel whole (MSG_WAITALL);
 //!   one due while the previous send of the session is in flight waits in
 //!   the write spill until that send completes.
-//! - **Close.** Cancels the session's connect or recv (by tag) and closes
-//!   the slot; the end of the run drops the rings, which closes the rest.
+//! - **Close.** Shuts the socket down (FIN; its recv ends) and closes the
+//!   slot, cancelling a connect still in flight first.
 #![forbid(unsafe_code)]
 
 use super::{Driver, Sent, SocketIo};
@@ -92,14 +92,18 @@ impl SocketIo for UringIo {
         Ok(()) // sends wait in the kernel: never a partial one
     }
 
-    fn close(&mut self, idx: u32, gen: u16, state: State, sending: bool) {
-        let cancel = match state {
-            State::Connecting => tag(CONNECT, gen, idx),
-            _ => tag(RECV, gen, idx),
+    fn close(&mut self, idx: u32, gen: u16, state: State) {
+        // A shutdown ends the recv and any send; a connect in flight must
+        // be cancelled.
+        let connect = [tag(CONNECT, gen, idx)];
+        let cancel: &[u64] = if state == State::Connecting {
+            &connect
+        } else {
+            &[]
         };
         // A slot that cannot be closed (its ring's SQ refused the request)
         // is closed with the rings at the end of the run.
-        let _ = self.rings.close(idx, &[cancel], sending);
+        let _ = self.rings.close(idx, cancel);
     }
 
     fn late_connect(_d: &mut Driver<Self>, _idx: u32, _now_us: u64) -> bool {
@@ -142,8 +146,8 @@ impl SocketIo for UringIo {
         for idx in 0..d.sessions.len() as u32 {
             let s = &d.sessions[idx as usize];
             if matches!(s.state(), State::Open | State::Connecting) {
-                let was = (s.gen(), s.state(), s.has_write_spill());
-                d.io.close(idx, was.0, was.1, was.2);
+                let (gen, state) = (s.gen(), s.state());
+                d.io.close(idx, gen, state);
             }
         }
         // Submit the closes: the FINs go out now, not when the rings close.

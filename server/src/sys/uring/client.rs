@@ -27,10 +27,15 @@
 //!   completion) and sent with MSG_WAITALL: the kernel finishes a short
 //!   send itself, so a completion is the whole message or an error; a
 //!   socket that cannot take it waits in the kernel, not the caller.
-//! - **close**: ASYNC_CANCEL of the caller's requests on the slot (by
-//!   `user_data`: cancelling by descriptor walks every armed poll of the
-//!   ring) then CLOSE of the slot. An in-flight request holds its socket,
-//!   so the cancels must come first for the FIN to go out.
+//! - **close**: SHUTDOWN (SHUT_RDWR) of the slot's socket, then CLOSE of
+//!   the slot. An in-flight request holds its socket, so closing the slot
+//!   alone would not send the FIN; the shutdown sends it at once and ends
+//!   the armed recv (it completes with 0) and any waiting send. A connect
+//!   still in flight is not woken by a shutdown: the caller names it, and
+//!   it is cancelled first (by `user_data`). Cancelling the recvs instead
+//!   stalled a million-session drain for seconds at a time: a ring's
+//!   cancel table has 32 buckets (its CQ size / 32), so each cancel walked
+//!   ~600 armed recvs, twice.
 //!
 //! # Waiting
 //! Every ring runs COOP_TASKRUN with the TASKRUN flag and signals one
@@ -203,7 +208,7 @@ pub fn client_probe() -> Result<(), String> {
                     step = 2;
                 }
                 (Kind::Op, 2) if &data[c.data.clone()] == b"pong" => {
-                    rings.close(1, &[8], false).map_err(|e| e.to_string())?;
+                    rings.close(1, &[]).map_err(|e| e.to_string())?;
                     return Ok(());
                 }
                 _ => {}
@@ -462,10 +467,9 @@ impl ClientRings {
         self.push(ring, &[send])
     }
 
-    /// Cancels the requests tagged `cancel` (and, with `sends`, every
-    /// request on the slot: a send the peer does not read would keep the
-    /// socket open), then closes `slot`.
-    pub fn close(&mut self, slot: u32, cancel: &[u64], sends: bool) -> io::Result<()> {
+    /// Cancels the requests tagged `cancel` (a connect in flight), shuts
+    /// the socket down (FIN; ends its recv and sends), then closes `slot`.
+    pub fn close(&mut self, slot: u32, cancel: &[u64]) -> io::Result<()> {
         let (ring, fixed) = self.locate(slot)?;
         let quiet = |e: squeue::Entry| e.flags(squeue::Flags::SKIP_SUCCESS).user_data(IGNORE);
         let mut entries = Vec::with_capacity(cancel.len() + 2);
@@ -474,10 +478,12 @@ impl ClientRings {
             let all = types::CancelBuilder::user_data(ud).all();
             entries.push(quiet(opcode::AsyncCancel2::new(all).build()));
         }
-        if sends {
-            let all = types::CancelBuilder::fd(fixed).all();
-            entries.push(quiet(opcode::AsyncCancel2::new(all).build()));
-        }
+        // The kernel runs a SHUTDOWN on an io-wq thread (it forces it
+        // async): unlinked, the CLOSE ran first and the shutdown found the
+        // slot empty (EBADF), leaving every recv armed. Hard-linked, the
+        // CLOSE waits for it, and runs even if it fails.
+        let shutdown = opcode::Shutdown::new(fixed, libc::SHUT_RDWR).build();
+        entries.push(quiet(shutdown).flags(squeue::Flags::IO_HARDLINK));
         entries.push(quiet(opcode::Close::new(fixed).build()));
         self.push(ring, &entries)
     }
@@ -637,23 +643,31 @@ impl ClientRings {
         self.in_flight
     }
 
-    /// Cancels everything and waits for the completions, at most
-    /// [`DRAIN_TIMEOUT`]; true if nothing is left in flight.
+    /// Waits for every request to complete, at most [`DRAIN_TIMEOUT`]:
+    /// first for what the caller's closes end by themselves (the recvs of
+    /// shut-down sockets), then cancelling whatever is left. (Cancelling
+    /// everything at once is quadratic in the kernel: each cancel walks
+    /// the ring's poll table from the start, seconds for 20 000 recvs.)
+    /// True if nothing is left in flight.
     fn drain(&mut self) -> bool {
-        for ring in 0..self.rings.len() {
-            let any = types::CancelBuilder::any();
-            let cancel = opcode::AsyncCancel2::new(any)
-                .build()
-                .flags(squeue::Flags::SKIP_SUCCESS)
-                .user_data(IGNORE);
-            if self.push(ring, &[cancel]).is_err() {
-                return false;
-            }
-        }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut cancelled = false;
         let mut out = Vec::new();
         let mut data = Vec::new();
         while self.in_flight > 0 && Instant::now() < deadline {
+            if !cancelled && Instant::now() + DRAIN_TIMEOUT / 2 >= deadline {
+                cancelled = true;
+                for ring in 0..self.rings.len() {
+                    let any = types::CancelBuilder::any();
+                    let cancel = opcode::AsyncCancel2::new(any)
+                        .build()
+                        .flags(squeue::Flags::SKIP_SUCCESS)
+                        .user_data(IGNORE);
+                    if self.push(ring, &[cancel]).is_err() {
+                        return false;
+                    }
+                }
+            }
             if self.wait(Duration::from_millis(20)).is_err() {
                 return false;
             }
