@@ -280,6 +280,13 @@ impl ClientRings {
             ring.submitter()
                 .register_eventfd(wake.as_raw_fd())
                 .map_err(context("registering the driver's eventfd".into()))?;
+            // SHUTDOWNs run on io-wq threads, each of which sends its FIN
+            // and (on loopback) runs the peer's receive path: unbounded,
+            // a drain of 60 000 sessions grew the loadgen by 8 of them, and
+            // a million's drain starved the server (2 M ENOBUFS in run 24).
+            // One per driver, as an epoll driver closes its sockets itself.
+            // Best effort: the limit only saves CPU.
+            let _ = ring.submitter().register_iowq_max_workers(&mut [1, 1]);
             rings.push(Ring {
                 ring,
                 bufs: Some(bufs),
