@@ -212,13 +212,14 @@ fn sample(pids: &[u32], server: Option<u32>, counters: &Counters, full: bool) ->
 /// and RLIMIT_MEMLOCK holds the rings where the process lacks CAP_IPC_LOCK.
 fn uring_check(rings: usize) -> Result<(), (String, String)> {
     use c10m_server::sys::uring;
-    uring::client::client_probe().map_err(|e| ("io_uring-missing".to_string(), e))?;
+    // The limit first: the probe's own ring would fail on it too, as a
+    // less telling ENOMEM.
     let memlock = c10m_server::limits::MemLock::raise();
-    let per_ring = uring::ring_memlock_bytes(2, crate::driver::URING_BUFFERS);
-    match memlock.rings_that_fit(per_ring) {
-        Some(fit) if (rings as u64) > fit => {
+    let per_ring = uring::client::ring_memlock_bytes(crate::driver::URING_BUFFERS);
+    if let Some(fit) = memlock.rings_that_fit(per_ring) {
+        if rings as u64 > fit {
             let need_kib = (rings as u64 * per_ring).div_ceil(1024);
-            Err((
+            return Err((
                 "memlock".to_string(),
                 format!(
                     "RLIMIT_MEMLOCK is {} KiB (hard {} KiB) and this process lacks \
@@ -229,10 +230,10 @@ fn uring_check(rings: usize) -> Result<(), (String, String)> {
                     memlock.hard / 1024,
                     per_ring.div_ceil(1024),
                 ),
-            ))
+            ));
         }
-        _ => Ok(()),
     }
+    uring::client::client_probe().map_err(|e| ("io_uring-missing".to_string(), e))
 }
 
 /// Runs `c10m-loadgen run`; returns the process exit status.

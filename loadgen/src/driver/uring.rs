@@ -17,8 +17,8 @@
 //! - **Writes.** A heartbeat is handed to the kernel whole (MSG_WAITALL);
 //!   one due while the previous send of the session is in flight waits in
 //!   the write spill until that send completes.
-//! - **Close.** Shuts the socket down (FIN; its recv ends) and closes the
-//!   slot, cancelling a connect still in flight first.
+//! - **Close.** Cancels the session's recv (or connect) by tag and closes
+//!   the slot; the socket's last reference then drops and sends the FIN.
 #![forbid(unsafe_code)]
 
 use super::{Driver, Sent, SocketIo};
@@ -93,17 +93,14 @@ impl SocketIo for UringIo {
     }
 
     fn close(&mut self, idx: u32, gen: u16, state: State) {
-        // A shutdown ends the recv and any send; a connect in flight must
-        // be cancelled.
-        let connect = [tag(CONNECT, gen, idx)];
-        let cancel: &[u64] = if state == State::Connecting {
-            &connect
-        } else {
-            &[]
+        // The armed request holds the socket: cancel it, then close.
+        let armed = match state {
+            State::Connecting => tag(CONNECT, gen, idx),
+            _ => tag(RECV, gen, idx),
         };
         // A slot that cannot be closed (its ring's SQ refused the request)
         // is closed with the rings at the end of the run.
-        let _ = self.rings.close(idx, cancel);
+        let _ = self.rings.close(idx, &[armed]);
     }
 
     fn late_connect(_d: &mut Driver<Self>, _idx: u32, _now_us: u64) -> bool {

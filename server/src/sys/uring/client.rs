@@ -27,15 +27,21 @@
 //!   completion) and sent with MSG_WAITALL: the kernel finishes a short
 //!   send itself, so a completion is the whole message or an error; a
 //!   socket that cannot take it waits in the kernel, not the caller.
-//! - **close**: SHUTDOWN (SHUT_RDWR) of the slot's socket, then CLOSE of
-//!   the slot. An in-flight request holds its socket, so closing the slot
-//!   alone would not send the FIN; the shutdown sends it at once and ends
-//!   the armed recv (it completes with 0) and any waiting send. A connect
-//!   still in flight is not woken by a shutdown: the caller names it, and
-//!   it is cancelled first (by `user_data`). Cancelling the recvs instead
-//!   stalled a million-session drain for seconds at a time: a ring's
-//!   cancel table has 32 buckets (its CQ size / 32), so each cancel walked
-//!   ~600 armed recvs, twice.
+//! - **close**: ASYNC_CANCEL of the caller's armed request on the slot
+//!   (its recv, or its connect), by `user_data`, then CLOSE of the slot.
+//!   An in-flight request holds its socket, so the cancel must come first
+//!   for the FIN to go out; the socket's last reference then drops in the
+//!   driver thread, which sends the FIN itself, as an epoll driver's
+//!   close() does. The kernel finds the request in a hash table of
+//!   (CQ entries / 32, at most 256) buckets that holds every armed poll of
+//!   the ring: hence [`CQ_ENTRIES`] of 8 192, ~80 recvs a bucket at 20 000
+//!   a ring. With 32 buckets (a 1 024-entry CQ), and cancelling "all"
+//!   (which walks the bucket twice), each close walked ~1 200 recvs and a
+//!   million's drain stalled for seconds at a time (results/million run
+//!   22). Tried and dropped: SHUTDOWN then CLOSE, which the kernel runs on
+//!   io-wq threads (unlinked, the CLOSE won and the shutdown found the
+//!   slot empty; hard-linked, the io-wq backlog delayed the FINs past the
+//!   drain and starved the server: runs 23-25).
 //!
 //! # Waiting
 //! Every ring runs COOP_TASKRUN with the TASKRUN flag and signals one
@@ -48,15 +54,15 @@
 //! that the timeout (the next heartbeat due) is kept to the microsecond.
 //!
 //! # Memory
-//! Per ring, from start-up: SQ 256 × 64 B + CQ 1 024 × 16 B (kernel
-//! mapped), `buffers` × `buffer_size` provided buffers; per connection
-//! nothing in user space. Dropping `ClientRings` cancels everything and
+//! Per ring, from start-up: SQ 256 × 64 B + CQ 8 192 × 16 B (kernel
+//! mapped, ~148 KiB), `buffers` × `buffer_size` provided buffers; per
+//! connection nothing in user space. Dropping `ClientRings` cancels everything and
 //! waits for the completions (at most [`super::DRAIN_TIMEOUT`]); memory
 //! the kernel may still use is leaked, never freed.
 
 use super::bufring::BufRing;
 use super::sendbuf::{SendArena, Staged};
-use super::{probe, SetupMode, DRAIN_TIMEOUT, SHARD_CQ_ENTRIES, SHARD_SQ_ENTRIES};
+use super::{probe, SetupMode, DRAIN_TIMEOUT, SHARD_SQ_ENTRIES};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::io;
@@ -64,6 +70,19 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+/// CQ entries of each client ring: sized for the kernel's cancel table,
+/// not for completions (see the module docs).
+pub const CQ_ENTRIES: u32 = 8192;
+
+/// RLIMIT_MEMLOCK one client ring is charged without CAP_IPC_LOCK: its
+/// SQE array, its CQ with the SQ index ring, and its provided-buffer
+/// ring's entries, each in whole pages.
+pub fn ring_memlock_bytes(buffers: u16) -> u64 {
+    let pages = |bytes: u64| bytes.div_ceil(4096) * 4096;
+    let (sq, cq) = (u64::from(SHARD_SQ_ENTRIES), u64::from(CQ_ENTRIES));
+    pages(sq * 64) + pages(256 + cq * 16 + sq * 4) + pages(u64::from(buffers) * 16)
+}
 
 /// Caller tags must be below this (the top bits say what a request is).
 pub const MAX_TAG: u64 = 1 << 61;
@@ -264,7 +283,7 @@ impl ClientRings {
         let mut rings = Vec::with_capacity(count as usize);
         for i in 0..count {
             let ring = SetupMode::CoopTaskrun
-                .build(SHARD_SQ_ENTRIES, SHARD_CQ_ENTRIES, true)
+                .build(SHARD_SQ_ENTRIES, CQ_ENTRIES, true)
                 .map_err(context(format!(
                     "creating io_uring ring {} of {count}",
                     i + 1
@@ -280,12 +299,10 @@ impl ClientRings {
             ring.submitter()
                 .register_eventfd(wake.as_raw_fd())
                 .map_err(context("registering the driver's eventfd".into()))?;
-            // SHUTDOWNs run on io-wq threads, each of which sends its FIN
-            // and (on loopback) runs the peer's receive path: unbounded,
-            // a drain of 60 000 sessions grew the loadgen by 8 of them, and
-            // a million's drain starved the server (2 M ENOBUFS in run 24).
-            // One per driver, as an epoll driver closes its sockets itself.
-            // Best effort: the limit only saves CPU.
+            // Nothing of ours should need io-wq threads (every request
+            // here completes inline or by poll); should one, a single
+            // worker per driver keeps it off the server's CPUs. Best
+            // effort: the limit only saves CPU.
             let _ = ring.submitter().register_iowq_max_workers(&mut [1, 1]);
             rings.push(Ring {
                 ring,
@@ -303,7 +320,7 @@ impl ClientRings {
             rings,
             arena: SendArena::with_resident_chunk(),
             sends,
-            cqes: Vec::with_capacity(SHARD_CQ_ENTRIES as usize),
+            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             slots_per_ring,
             wake,
             in_flight: 0,
@@ -474,23 +491,17 @@ impl ClientRings {
         self.push(ring, &[send])
     }
 
-    /// Cancels the requests tagged `cancel` (a connect in flight), shuts
-    /// the socket down (FIN; ends its recv and sends), then closes `slot`.
+    /// Cancels the requests tagged `cancel` (the slot's recv, or its
+    /// connect), then closes `slot` (FIN, once nothing holds the socket).
     pub fn close(&mut self, slot: u32, cancel: &[u64]) -> io::Result<()> {
         let (ring, fixed) = self.locate(slot)?;
         let quiet = |e: squeue::Entry| e.flags(squeue::Flags::SKIP_SUCCESS).user_data(IGNORE);
         let mut entries = Vec::with_capacity(cancel.len() + 2);
         for &tag in cancel {
             let ud = KIND_OP << KIND_SHIFT | checked(tag)?;
-            let all = types::CancelBuilder::user_data(ud).all();
-            entries.push(quiet(opcode::AsyncCancel2::new(all).build()));
+            // One request per tag: the first match ends the walk.
+            entries.push(quiet(opcode::AsyncCancel::new(ud).build()));
         }
-        // The kernel runs a SHUTDOWN on an io-wq thread (it forces it
-        // async): unlinked, the CLOSE ran first and the shutdown found the
-        // slot empty (EBADF), leaving every recv armed. Hard-linked, the
-        // CLOSE waits for it, and runs even if it fails.
-        let shutdown = opcode::Shutdown::new(fixed, libc::SHUT_RDWR).build();
-        entries.push(quiet(shutdown).flags(squeue::Flags::IO_HARDLINK));
         entries.push(quiet(opcode::Close::new(fixed).build()));
         self.push(ring, &entries)
     }
