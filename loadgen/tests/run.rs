@@ -581,7 +581,7 @@ fn one_io_uring_driver_holds_more_sessions_than_its_descriptor_limit() {
 }
 
 /// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK
-/// (~156 KiB each). 3 000 sessions under RLIMIT_NOFILE 1 000 need 2 rings
+/// (~180 KiB each). 3 000 sessions under RLIMIT_NOFILE 1 000 need 2 rings
 /// on each of 2 drivers (3 on one); under 256 KiB `auto` takes epoll (4
 /// drivers, a table each) and says why, and a forced `uring` stops with
 /// the limit, its value and the fixes, before opening anything.
@@ -632,7 +632,7 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RLIMIT_MEMLOCK is 256 KiB"), "{err}");
     assert!(
-        err.contains("3 client rings of ~156 KiB need 468 KiB, and 1 fit"),
+        err.contains("3 client rings of ~180 KiB need 540 KiB, and 1 fit"),
         "{err}"
     );
     assert!(err.contains("use --io epoll"), "{err}");
