@@ -240,7 +240,8 @@ fn holds_ten_thousand_sessions_and_answers_every_heartbeat_on_io_uring() {
 }
 
 fn holds_ten_thousand_sessions_and_answers_every_heartbeat_on(io: &str) {
-    if io == "uring" && !io_uring_client("holds_ten_thousand_sessions_and_answers_every_heartbeat") {
+    if io == "uring" && !io_uring_client("holds_ten_thousand_sessions_and_answers_every_heartbeat")
+    {
         return;
     }
     let server = Server::start(&["--max-sessions", "19000"]);
@@ -380,7 +381,9 @@ fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on_io_urin
 }
 
 fn busy_refusals_are_retried_after_their_retry_after_until_all_are_in_on(io: &str) {
-    if io == "uring" && !io_uring_client("busy_refusals_are_retried_after_their_retry_after_until_all_are_in") {
+    if io == "uring"
+        && !io_uring_client("busy_refusals_are_retried_after_their_retry_after_until_all_are_in")
+    {
         return;
     }
     let server = Server::start(&["--workers", "1", "--accept-rate", "400"]);

@@ -732,3 +732,38 @@ fn transient(e: &io::Error) -> bool {
         Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_ring_is_charged_its_pages_against_memlock() {
+        // SQ 256 × 64 B; CQ 8 192 × 16 B + SQ index + header; 2 048
+        // buffer-ring entries of 16 B.
+        assert_eq!(ring_memlock_bytes(2048), (16 + 132 + 32) * 1024);
+    }
+
+    #[test]
+    fn tags_must_leave_the_kind_bits_free() {
+        assert_eq!(checked(MAX_TAG - 1).unwrap(), MAX_TAG - 1);
+        assert!(checked(MAX_TAG).is_err());
+    }
+
+    #[test]
+    fn slots_are_numbered_across_rings_and_none_past_them() {
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let rings = ClientRings::new(5, 2, 8, 64).unwrap();
+        assert_eq!(rings.ring_count(), 3);
+        assert_eq!(rings.capacity(), 6);
+        let at = |slot| rings.locate(slot).map(|(ring, f)| (ring, f.0)).unwrap();
+        assert_eq!(at(0), (0, 0));
+        assert_eq!(at(3), (1, 1));
+        assert_eq!(at(5), (2, 1));
+        let err = rings.locate(6).unwrap_err().to_string();
+        assert!(err.contains("past the 6 slots"), "{err}");
+    }
+}
