@@ -495,6 +495,19 @@ fn refuses_a_plan_that_cannot_fit_before_opening_anything() {
     );
 }
 
+/// The summary of a run that held 3 000 sessions under RLIMIT_NOFILE
+/// 1 000 in one process of `drivers` drivers, every heartbeat answered.
+fn held_3000_in_one_process_of(s: &Value, drivers: u64) {
+    assert_eq!(num(s, "/layout/procs"), 1);
+    assert_eq!(num(s, "/layout/threads_per_proc"), drivers);
+    assert_eq!(num(s, "/loadgen/processes"), 1);
+    assert_eq!(num(s, "/host/rlimit_nofile_hard"), 1_000);
+    assert_eq!(num(s, "/sessions/held_at_end"), 3_000);
+    let sent = num(s, "/heartbeats/sent");
+    assert!(sent > 6_000, "{sent}");
+    assert_eq!(num(s, "/heartbeats/answered"), sent);
+}
+
 #[test]
 fn one_process_holds_more_sessions_than_its_descriptor_limit() {
     // RLIMIT_NOFILE 1 000 (soft and hard) bounds each driver thread's own
@@ -512,14 +525,7 @@ fn one_process_holds_more_sessions_than_its_descriptor_limit() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let s = summary(dir.path());
-    assert_eq!(num(&s, "/layout/procs"), 1);
-    assert_eq!(num(&s, "/layout/threads_per_proc"), 4);
-    assert_eq!(num(&s, "/loadgen/processes"), 1);
-    assert_eq!(num(&s, "/host/rlimit_nofile_hard"), 1_000);
-    assert_eq!(num(&s, "/sessions/held_at_end"), 3_000);
-    let sent = num(&s, "/heartbeats/sent");
-    assert!(sent > 6_000, "{sent}");
-    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+    held_3000_in_one_process_of(&s, 4);
 
     // Told to use one thread, it refuses before opening anything.
     let out = loadgen_with_nofile(
@@ -559,14 +565,7 @@ fn one_io_uring_driver_holds_more_sessions_than_its_descriptor_limit() {
     let s = summary(dir.path());
     assert_eq!(s["layout"]["io"], "uring", "{:#}", s["layout"]);
     assert_eq!(s["layout"]["io_why"], "auto:over-tables,io_uring");
-    assert_eq!(num(&s, "/layout/procs"), 1);
-    assert_eq!(num(&s, "/layout/threads_per_proc"), 1);
-    assert_eq!(num(&s, "/loadgen/processes"), 1);
-    assert_eq!(num(&s, "/host/rlimit_nofile_hard"), 1_000);
-    assert_eq!(num(&s, "/sessions/held_at_end"), 3_000);
-    let sent = num(&s, "/heartbeats/sent");
-    assert!(sent > 6_000, "{sent}");
-    assert_eq!(num(&s, "/heartbeats/answered"), sent);
+    held_3000_in_one_process_of(&s, 1);
 
     // Sessions that fit a table per CPU stay on epoll.
     let out = loadgen_with_nofile(

@@ -62,13 +62,13 @@
 
 use super::bufring::BufRing;
 use super::sendbuf::{SendArena, Staged};
-use super::{probe, SetupMode, DRAIN_TIMEOUT, SHARD_SQ_ENTRIES};
+use super::{probe, sleep_on_eventfd, transient, SetupMode, DRAIN_TIMEOUT, SHARD_SQ_ENTRIES};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// CQ entries of each client ring: sized for the kernel's cancel table,
@@ -526,17 +526,6 @@ impl ClientRings {
         result
     }
 
-    /// A ring has completions to take or kernel work to run.
-    fn any_ready(&mut self) -> bool {
-        self.rings.iter_mut().any(|r| {
-            if !r.ring.completion().is_empty() {
-                return true;
-            }
-            let sq = r.ring.submission();
-            sq.taskrun() || sq.cq_overflow()
-        })
-    }
-
     /// Submits every queued request, then sleeps until a completion or
     /// `timeout` (see the module docs).
     pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
@@ -545,23 +534,11 @@ impl ClientRings {
                 self.submit(ring)?;
             }
         }
-        if timeout.is_zero() || self.any_ready() {
+        if timeout.is_zero() {
             return Ok(());
         }
-        let mut count = [0u8; 8];
-        let _ = nix::unistd::read(self.wake.as_raw_fd(), &mut count);
-        if self.any_ready() {
-            return Ok(());
-        }
-        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
-        let mut fds = [nix::poll::PollFd::new(
-            self.wake.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::ppoll(&mut fds, Some(ts), None) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let rings = &mut self.rings;
+        sleep_on_eventfd(&self.wake, timeout, || any_ready(rings))
     }
 
     /// Moves every ring's completions into `out`, received bytes into
@@ -570,14 +547,8 @@ impl ClientRings {
     /// (re-queued here) are not reported.
     pub fn take(&mut self, out: &mut Vec<Completion>, data: &mut Vec<u8>) {
         for ring in 0..self.rings.len() {
-            {
-                let r = &mut self.rings[ring];
-                let sq = r.ring.submission();
-                let enter = sq.taskrun() || sq.cq_overflow();
-                drop(sq);
-                if enter {
-                    let _ = self.submit(ring);
-                }
+            if super::needs_enter(&mut self.rings[ring].ring) {
+                let _ = self.submit(ring);
             }
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(self.rings[ring].ring.completion());
@@ -715,6 +686,13 @@ impl Drop for ClientRings {
     }
 }
 
+/// A ring has completions to take or kernel work to run.
+fn any_ready(rings: &mut [Ring]) -> bool {
+    rings
+        .iter_mut()
+        .any(|r| !r.ring.completion().is_empty() || super::needs_enter(&mut r.ring))
+}
+
 fn checked(tag: u64) -> io::Result<u64> {
     if tag < MAX_TAG {
         Ok(tag)
@@ -723,14 +701,6 @@ fn checked(tag: u64) -> io::Result<u64> {
             "io_uring tag {tag:#x} is too large"
         )))
     }
-}
-
-/// Errors after which the loop simply goes round again.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-    )
 }
 
 #[cfg(test)]

@@ -777,23 +777,11 @@ impl<D: Descriptor> Worker<D> {
             settled &= self.push_pending(shard)?;
             self.enter_nowait(shard)?;
         }
-        if !settled || self.any_ready() {
+        if !settled {
             return Ok(());
         }
-        let mut count = [0u8; 8];
-        let _ = nix::unistd::read(self.wake_fd.as_raw_fd(), &mut count);
-        if self.any_ready() {
-            return Ok(());
-        }
-        let ts = nix::sys::time::TimeSpec::from_duration(timeout);
-        let mut fds = [nix::poll::PollFd::new(
-            self.wake_fd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::ppoll(&mut fds, Some(ts), None) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let wake = self.wake_fd.clone();
+        sleep_on_eventfd(&wake, timeout, || self.any_ready())
     }
 
     /// Submits ring `shard`'s SQ and runs its pending work without waiting.
@@ -818,15 +806,7 @@ impl<D: Descriptor> Worker<D> {
     fn any_ready(&mut self) -> bool {
         self.shards
             .iter_mut()
-            .any(|sh| !sh.ring.completion().is_empty() || Self::needs_enter(&mut sh.ring))
-    }
-
-    /// A ring's work runs, and completions that overflowed its CQ come
-    /// back, only inside an enter: IORING_SQ_TASKRUN or
-    /// IORING_SQ_CQ_OVERFLOW in its SQ flags says one is due.
-    fn needs_enter(ring: &mut IoUring) -> bool {
-        let sq = ring.submission();
-        sq.taskrun() || sq.cq_overflow()
+            .any(|sh| !sh.ring.completion().is_empty() || needs_enter(&mut sh.ring))
     }
 
     /// Handles this turn's completions: sends first (each session's write
@@ -848,7 +828,7 @@ impl<D: Descriptor> Worker<D> {
                 self.turn_start = shard;
                 break;
             }
-            if sharded && Self::needs_enter(&mut self.shards[shard].ring) {
+            if sharded && needs_enter(&mut self.shards[shard].ring) {
                 self.enter_nowait(shard)?;
             }
             let room = self.turn_max - cqes.len();
@@ -1105,6 +1085,43 @@ impl<D: Descriptor> Drop for Worker<D> {
             }
             self.arena.leak();
         }
+    }
+}
+
+/// A ring's work runs, and completions that overflowed its CQ come back,
+/// only inside an enter: IORING_SQ_TASKRUN or IORING_SQ_CQ_OVERFLOW in its
+/// SQ flags says one is due.
+fn needs_enter(ring: &mut IoUring) -> bool {
+    let sq = ring.submission();
+    sq.taskrun() || sq.cq_overflow()
+}
+
+/// Sleeps until `wake` (an eventfd that every ring of a thread signals
+/// when it posts a completion) is signalled or `timeout` passes, unless
+/// `ready()` says a ring has work already. The eventfd is read empty
+/// before the last check, so a signal that arrives after it wakes the
+/// poll.
+fn sleep_on_eventfd(
+    wake: &OwnedFd,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> io::Result<()> {
+    if ready() {
+        return Ok(());
+    }
+    let mut count = [0u8; 8];
+    let _ = nix::unistd::read(wake.as_raw_fd(), &mut count);
+    if ready() {
+        return Ok(());
+    }
+    let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+    let mut fds = [nix::poll::PollFd::new(
+        wake.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::ppoll(&mut fds, Some(ts), None) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
