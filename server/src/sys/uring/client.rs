@@ -627,11 +627,6 @@ impl ClientRings {
         });
     }
 
-    /// Requests whose last completion has not come yet.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     /// Waits for every request to complete, at most [`DRAIN_TIMEOUT`]:
     /// first for what the caller's closes end by themselves (the recvs of
     /// shut-down sockets), then cancelling whatever is left. (Cancelling
