@@ -144,15 +144,17 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Descriptors::Auto)]
     descriptors: Descriptors,
 
-    /// io_uring: provided buffers per worker (a power of two up to 32768).
+    /// io_uring: provided buffers per ring (a power of two up to 32768).
     /// For tests and experiments: a tiny ring runs dry (ENOBUFS) at once.
-    /// [default: 4096, or fewer when the workers outnumber the CPUs]
+    /// [default: 4096, or fewer when the workers outnumber the CPUs; a
+    /// worker's several rings share its 4 MiB, at least 1024 each]
     #[arg(long, hide = true)]
     uring_buffers: Option<u16>,
 
     /// io_uring: bytes per provided buffer (longer input spans buffers).
-    #[arg(long, hide = true, default_value_t = c10m_server::sys::uring::BUF_SIZE)]
-    uring_buffer_size: u32,
+    /// [default: 1024; 256 for a worker's several rings]
+    #[arg(long, hide = true)]
+    uring_buffer_size: Option<u32>,
 
     /// io_uring: most completions one loop turn takes (the rest wait for
     /// the next turn). For tests that must exercise a capped turn.
@@ -260,12 +262,9 @@ fn config(cli: Cli) -> Result<ServerConfig> {
     if workers > c10m_server::limits::MAX_WORKERS {
         bail!("--workers {workers} is more than 1024");
     }
-    let uring_buffers = c10m_server::sys::uring::BufferRing::new(
-        cli.uring_buffers
-            .unwrap_or(c10m_server::sys::uring::BUF_COUNT),
-        cli.uring_buffer_size,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let uring_buffers =
+        c10m_server::sys::uring::BufferChoice::new(cli.uring_buffers, cli.uring_buffer_size)
+            .map_err(anyhow::Error::msg)?;
     if !(1..=c10m_server::sys::uring::TURN_MAX).contains(&cli.uring_turn_max) {
         bail!(
             "--uring-turn-max {} is not from 1 to {}",
@@ -298,7 +297,6 @@ fn config(cli: Cli) -> Result<ServerConfig> {
             StatsFormat::Text
         },
         uring_buffers,
-        uring_buffers_given: cli.uring_buffers.is_some(),
         uring_rings: cli.uring_rings,
         uring_turn_max: cli.uring_turn_max,
         descriptors: cli.descriptors,

@@ -65,12 +65,11 @@ pub struct ServerConfig {
     /// The user gave `--workers`: a per-worker table layout keeps it rather
     /// than growing the worker count to the tables --max-sessions needs.
     pub workers_given: bool,
-    /// io_uring provided-buffer ring per worker (hidden flags; default
-    /// 4096 × 1 KiB).
-    pub uring_buffers: sys::uring::BufferRing,
-    /// The user set the ring's buffer count (else a layout with more
-    /// workers than CPUs shrinks it: [`sys::uring::buffers_per_worker`]).
-    pub uring_buffers_given: bool,
+    /// io_uring provided buffers per ring (hidden flags): what is given
+    /// overrides what the layout picks ([`sys::uring::buffers_per_ring`]:
+    /// 4096 × 1 KiB for a worker's one ring, fewer when the workers
+    /// outnumber the CPUs, 256 B buffers for a worker's several rings).
+    pub uring_buffers: sys::uring::BufferChoice,
     /// Direct descriptors: at least this many rings per worker (hidden
     /// `--uring-rings`, for tests; 0: as the sessions need).
     pub uring_rings: usize,
@@ -140,18 +139,11 @@ fn resolve_layout(
                 .max(config.uring_rings)
                 .min(sys::uring::MAX_SHARDS);
         }
-        let buffers = if config.uring_buffers_given {
-            config.uring_buffers
-        } else {
-            sys::uring::BufferRing {
-                count: sys::uring::buffers_per_ring(
-                    config.cpus.len(),
-                    layout.workers,
-                    layout.rings,
-                ),
-                ..config.uring_buffers
-            }
-        };
+        let buffers = config.uring_buffers.over(sys::uring::buffers_per_ring(
+            config.cpus.len(),
+            layout.workers,
+            layout.rings,
+        ));
         anyhow::Ok((layout, buffers))
     };
     let uring = matches!(selected.backend, sys::Backend::Uring(_));
@@ -287,9 +279,10 @@ pub fn run(config: ServerConfig) -> Result<Report> {
             n_workers,
             match (selected.backend, layout.descriptors) {
                 (sys::Backend::Uring(support), limits::Descriptors::Direct) => format!(
-                    " rings_per_worker={} uring_buffers={}{}",
+                    " rings_per_worker={} uring_buffers={}x{}{}",
                     layout.rings,
                     uring_buffers.count,
+                    uring_buffers.size,
                     // A worker's several rings run COOP_TASKRUN (sys::uring).
                     if layout.rings > 1 && support.mode == sys::uring::SetupMode::DeferTaskrun {
                         " ring_setup=coop-taskrun"
@@ -297,7 +290,10 @@ pub fn run(config: ServerConfig) -> Result<Report> {
                         ""
                     }
                 ),
-                (sys::Backend::Uring(_), _) => format!(" uring_buffers={}", uring_buffers.count),
+                (sys::Backend::Uring(_), _) => format!(
+                    " uring_buffers={}x{}",
+                    uring_buffers.count, uring_buffers.size
+                ),
                 (sys::Backend::Epoll, _) => String::new(),
             }
         ),

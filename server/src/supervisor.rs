@@ -269,11 +269,22 @@ fn child_command(
         ])
         .args(["--stats-format", "json"])
         .args(["--backend", &backend_arg(config.backend)])
-        .args(["--uring-buffers", &config.uring_buffers.count.to_string()])
-        .args([
-            "--uring-buffer-size",
-            &config.uring_buffers.size.to_string(),
-        ])
+        .args(
+            config
+                .uring_buffers
+                .count
+                .map(|n| ["--uring-buffers".to_string(), n.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .args(
+            config
+                .uring_buffers
+                .size
+                .map(|n| ["--uring-buffer-size".to_string(), n.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .args(["--uring-turn-max", &config.uring_turn_max.to_string()])
         .args(["--uring-rings", &config.uring_rings.to_string()])
         .args(["--descriptors", child_tables(config).name()])
@@ -540,7 +551,6 @@ mod tests {
             stats_format: StatsFormat::Text,
             backend: Default::default(),
             uring_buffers: Default::default(),
-            uring_buffers_given: false,
             uring_rings: 0,
             uring_turn_max: crate::sys::uring::TURN_MAX,
             descriptors: Default::default(),

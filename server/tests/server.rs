@@ -987,7 +987,7 @@ fn as_container_without_ipc_lock(cmd: &mut std::process::Command, bytes: u64) ->
 }
 
 /// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK.
-/// A million sessions need 26 rings of ~44 KiB per worker, 52 in all;
+/// A million sessions need 26 rings of ~52 KiB per worker, 52 in all;
 /// under 1 MiB `auto` takes epoll with a descriptor table per worker
 /// thread and says why, and a forced `uring` stops with the limit, its
 /// value and the fixes.
@@ -1042,7 +1042,7 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("52 worker rings of ~44 KiB need 2288 KiB, and 23 fit"),
+        stderr.contains("52 worker rings of ~52 KiB need 2704 KiB, and 19 fit"),
         "{stderr}"
     );
     assert!(stderr.contains("ulimit -l"), "{stderr}");

@@ -227,27 +227,69 @@ pub fn buffers_per_worker(cpus: usize, workers: usize) -> u16 {
     (1usize << each.ilog2()) as u16
 }
 
+/// Bytes per provided buffer of a worker's several rings: a heartbeat is
+/// tens of bytes, and what counts against ENOBUFS is the number of
+/// buffers, not their size (a completion takes one whatever it holds).
+/// Longer input spans buffers.
+pub const SHARD_BUF_SIZE: u32 = 256;
+
 /// Fewest provided buffers [`buffers_per_ring`] gives each of a worker's
-/// several rings: with 128, a million sessions on 2 workers × 26 rings ran
-/// their rings dry 250 000 times a second during the first heartbeat
-/// round (turns of 60–250 ms under the ramp); 512 is what 51 rings of one
-/// worker each held a million with, without ENOBUFS, and what 2 × 26 rings
-/// did too (run 20). 256 ran dry 5.2 M times in the drain of a million and
-/// left 156 000 heartbeats unanswered (results/million/run21-*).
-pub const MIN_SHARD_BUF_COUNT: u16 = 512;
+/// several rings. With 128 × 1 KiB a million sessions on 2 workers × 26
+/// rings ran their rings dry 250 000 times a second during the first
+/// heartbeat round (turns of 60–250 ms under the ramp); 256 × 1 KiB ran
+/// dry 5.2 M times in the drain and left 156 000 heartbeats unanswered
+/// (results/million/run21-*); 512 × 1 KiB held it without ENOBUFS (run
+/// 20, 27), and so did 1 024 × 256 B, for half the memory: 13 MB less
+/// over 52 rings, 52.0 B all-in per session instead of 65.4 (run 28).
+pub const MIN_SHARD_BUF_COUNT: u16 = 1024;
 
 /// Provided buffers per ring when each of `workers` workers on `cpus` CPUs
-/// owns `rings` rings: [`buffers_per_worker`] shared among the worker's
-/// rings, at least [`MIN_SHARD_BUF_COUNT`]. A ring covers the completions
-/// of its share of a turn; one that runs dry ends its recvs with ENOBUFS,
-/// which are re-armed and counted (`recv_enobufs`).
-pub fn buffers_per_ring(cpus: usize, workers: usize, rings: usize) -> u16 {
+/// owns `rings` rings. One ring: [`buffers_per_worker`] of [`BUF_SIZE`].
+/// Several: the worker's bytes ([`buffers_per_worker`] × [`BUF_SIZE`])
+/// shared among its rings in [`SHARD_BUF_SIZE`] buffers, from
+/// [`MIN_SHARD_BUF_COUNT`] to [`BUF_COUNT`] each. A ring covers the
+/// completions of its share of a turn; one that runs dry ends its recvs
+/// with ENOBUFS, which are re-armed and counted (`recv_enobufs`).
+pub fn buffers_per_ring(cpus: usize, workers: usize, rings: usize) -> BufferRing {
     let worker = buffers_per_worker(cpus, workers);
     if rings <= 1 {
-        return worker;
+        return BufferRing {
+            count: worker,
+            size: BUF_SIZE,
+        };
     }
-    let each = (usize::from(worker) / rings).max(usize::from(MIN_SHARD_BUF_COUNT));
-    (1usize << each.ilog2()) as u16
+    let bytes = usize::from(worker) * BUF_SIZE as usize;
+    let each = (bytes / rings / SHARD_BUF_SIZE as usize)
+        .clamp(usize::from(MIN_SHARD_BUF_COUNT), usize::from(BUF_COUNT));
+    BufferRing {
+        count: (1usize << each.ilog2()) as u16,
+        size: SHARD_BUF_SIZE,
+    }
+}
+
+/// The hidden `--uring-buffers` / `--uring-buffer-size` flags: either
+/// overrides what [`buffers_per_ring`] picks for the layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferChoice {
+    pub count: Option<u16>,
+    pub size: Option<u32>,
+}
+
+impl BufferChoice {
+    /// Checks the given values (with the defaults for the other) now, so
+    /// that a bad flag stops the start before any layout is resolved.
+    pub fn new(count: Option<u16>, size: Option<u32>) -> Result<BufferChoice, String> {
+        BufferRing::new(count.unwrap_or(BUF_COUNT), size.unwrap_or(BUF_SIZE))?;
+        Ok(BufferChoice { count, size })
+    }
+
+    /// The ring for a layout whose default is `default`.
+    pub fn over(self, default: BufferRing) -> BufferRing {
+        BufferRing {
+            count: self.count.unwrap_or(default.count),
+            size: self.size.unwrap_or(default.size),
+        }
+    }
 }
 
 /// Most completions one turn takes from the CQ; the rest wait for the
@@ -1149,10 +1191,19 @@ mod tests {
 
     #[test]
     fn a_workers_rings_share_its_buffers() {
-        assert_eq!(buffers_per_ring(2, 2, 1), BUF_COUNT);
-        assert_eq!(buffers_per_ring(2, 2, 4), 1024);
-        assert_eq!(buffers_per_ring(2, 2, 26), MIN_SHARD_BUF_COUNT);
-        assert_eq!(buffers_per_ring(2, 51, 1), MIN_BUF_COUNT);
+        let ring = |count, size| BufferRing { count, size };
+        assert_eq!(buffers_per_ring(2, 2, 1), ring(BUF_COUNT, BUF_SIZE));
+        assert_eq!(buffers_per_ring(2, 2, 2), ring(BUF_COUNT, SHARD_BUF_SIZE));
+        assert_eq!(buffers_per_ring(2, 2, 8), ring(2048, SHARD_BUF_SIZE));
+        // A million: 2 workers x 26 rings get the floor, 1 024 x 256 B.
+        assert_eq!(buffers_per_ring(2, 2, 26), ring(1024, SHARD_BUF_SIZE));
+        assert_eq!(buffers_per_ring(2, 2, 26).count, MIN_SHARD_BUF_COUNT);
+        assert_eq!(buffers_per_ring(2, 51, 1), ring(MIN_BUF_COUNT, BUF_SIZE));
+        let choice = BufferChoice::new(None, Some(64)).unwrap();
+        assert_eq!(choice.over(ring(1024, 256)), ring(1024, 64));
+        assert_eq!(BufferChoice::default().over(ring(8, 16)), ring(8, 16));
+        assert!(BufferChoice::new(Some(3), None).is_err());
+        assert!(BufferChoice::new(None, Some(0)).is_err());
     }
 
     #[test]
