@@ -144,9 +144,10 @@ pub const BUF_COUNT: u16 = 4096;
 pub const BUF_SIZE: u32 = 1024;
 const BGID: u16 = 0;
 
-/// The worker's provided-buffer ring: [`BUF_COUNT`] × [`BUF_SIZE`] unless
-/// set otherwise (the hidden `--uring-buffers` / `--uring-buffer-size`
-/// flags, for tests that must run the ring dry and for experiments).
+/// A ring's provided buffers, count × size: what [`buffers_per_ring`] picks
+/// for the layout unless the hidden `--uring-buffers` /
+/// `--uring-buffer-size` flags set them ([`BufferChoice`]; for tests that
+/// must run the ring dry and for experiments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BufferRing {
     /// A power of two, 1..=32768.
