@@ -54,6 +54,24 @@ pub struct RunArgs {
     /// io_uring where the kernel has it) [default: auto].
     #[arg(long, value_name = "auto|epoll|uring")]
     pub io: Option<String>,
+    /// What the sessions speak: resp (PING, echoed), line (newline echo),
+    /// websocket (RFC 6455 ping/pong), mqtt (CONNECT, PINGREQ/PINGRESP),
+    /// memcache (`version`) or http (keep-alive GET) [default: resp].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
+    /// Request path of http and websocket [default: /].
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Host header of http and websocket [default: the target address].
+    #[arg(long)]
+    pub host_header: Option<String>,
+    /// MQTT protocol version: 3.1.1 or 5 [default: 3.1.1].
+    #[arg(long, value_name = "3.1.1|5")]
+    pub mqtt_version: Option<String>,
+    /// MQTT keepalive in seconds, 0 for none [default: the longest
+    /// heartbeat gap plus a second].
+    #[arg(long, value_name = "SECONDS")]
+    pub keepalive: Option<u16>,
     /// Seed of every random choice (schedules are pure functions of it).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -48,12 +48,12 @@ use crate::clock::RunClock;
 use crate::model::HeartbeatModel;
 use crate::plan::AddressPlan;
 use crate::procs::DriverIo;
+use crate::proto::{Codec, ProtocolConfig};
 use crate::ramp::TokenBucket;
 use crate::scenario::Timeline;
 use crate::session::{ClientSession, State, Step};
 use crate::stats::{Counters, ErrorKind, Histos};
 use crate::wheel::DeadlineWheel;
-use c10m_server::wire::{encode_command, push_decimal};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddrV4;
@@ -80,6 +80,9 @@ pub struct DriverSpec {
     pub connect_timeout_ms: u32,
     pub timeline: Timeline,
     pub io: DriverIo,
+    pub protocol: ProtocolConfig,
+    /// The run's seed (MQTT client ids, websocket keys).
+    pub seed: u64,
 }
 
 /// What a driver publishes every second.
@@ -179,7 +182,7 @@ pub fn prepare(
             Either::Epoll(Driver::new(spec, plan, model, shared, io))
         }
         DriverIo::Uring { slots_per_ring } => {
-            let io = uring::UringIo::new(spec.count, slots_per_ring)?;
+            let io = uring::UringIo::new(spec.count, slots_per_ring, spec.protocol.kind)?;
             Either::Uring(Driver::new(spec, plan, model, shared, io))
         }
     }))
@@ -198,9 +201,14 @@ struct Driver<I> {
     pending: VecDeque<u32>,
     read_spill: HashMap<u32, Vec<u8>>,
     write_spill: HashMap<u32, Vec<u8>>,
+    codec: Codec,
+    /// Protocols whose replies do not echo the send time: the intended
+    /// times (ms) of each session's outstanding heartbeats, oldest first,
+    /// only while some are outstanding.
+    fifo: HashMap<u32, VecDeque<u32>>,
+    spare_fifos: Vec<VecDeque<u32>>,
     scratch: Vec<u8>,
     out: Vec<u8>,
-    digits: Vec<u8>,
     due: Vec<u32>,
     bucket: TokenBucket,
     inflight: u32,
@@ -221,6 +229,10 @@ impl<I: SocketIo> Driver<I> {
     ) -> Driver<I> {
         let count = spec.count as usize;
         let bucket = TokenBucket::new(spec.rate_per_s, (spec.rate_per_s / 100.0).max(1.0), 0);
+        let host = plan.targets.first().map_or_else(
+            || std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            |t| std::net::SocketAddr::V4(*t),
+        );
         Driver {
             io,
             sessions: Vec::with_capacity(count),
@@ -228,9 +240,11 @@ impl<I: SocketIo> Driver<I> {
             pending: VecDeque::with_capacity(spec.max_inflight as usize),
             read_spill: HashMap::new(),
             write_spill: HashMap::new(),
+            codec: Codec::new(&spec.protocol, host, spec.seed),
+            fifo: HashMap::new(),
+            spare_fifos: Vec::new(),
             scratch: crate::resident::resident(READ_BUF, 0u8),
-            out: Vec::with_capacity(64),
-            digits: Vec::with_capacity(20),
+            out: Vec::with_capacity(512),
             due: Vec::with_capacity(1024),
             bucket,
             inflight: 0,
@@ -347,7 +361,14 @@ impl<I: SocketIo> Driver<I> {
                     // ago with its event still unread. Only a socket that is
                     // still unconnected has timed out (the late connect's
                     // latency is recorded as it is).
-                    if !I::late_connect(self, idx, now_us) {
+                    if self.sessions[idx as usize].handshaking() {
+                        let text = format!(
+                            "no answer to the {} handshake within the connect timeout ({} ms)",
+                            self.codec.kind().name(),
+                            self.spec.connect_timeout_ms
+                        );
+                        self.fail(idx, ErrorKind::Handshake, now, Some(text));
+                    } else if !I::late_connect(self, idx, now_us) {
                         self.fail(idx, ErrorKind::Timeout, now, None);
                     }
                     return;
@@ -355,6 +376,7 @@ impl<I: SocketIo> Driver<I> {
                 Step::Close(_) => {
                     self.counters.closes_planned += 1;
                     self.counters.open -= 1;
+                    self.goodbye(idx, gen);
                     self.drop_connection(idx, (gen, state), outstanding);
                 }
                 Step::Connect => {
@@ -379,6 +401,12 @@ impl<I: SocketIo> Driver<I> {
         if !self.read_spill.is_empty() {
             self.read_spill.remove(&idx);
         }
+        if !self.fifo.is_empty() {
+            if let Some(mut q) = self.fifo.remove(&idx) {
+                q.clear();
+                self.spare_fifos.push(q);
+            }
+        }
         if !self.write_spill.is_empty() {
             self.write_spill.remove(&idx);
         }
@@ -397,8 +425,8 @@ impl<I: SocketIo> Driver<I> {
             self.first_errors.entry(kind.key()).or_insert(text);
         }
         let s = &self.sessions[idx as usize];
-        let was = (s.gen(), s.state());
-        match was.1 {
+        let was = (s.gen(), s.wire_state());
+        match s.state() {
             State::Connecting => self.inflight -= 1,
             State::Open => self.counters.open -= 1,
             State::Waiting | State::Done => {}
@@ -445,8 +473,21 @@ impl<I: SocketIo> Driver<I> {
         }
     }
 
-    /// Session `idx`'s connect completed: count it and schedule its first
-    /// heartbeat.
+    /// Session `idx`'s TCP connect completed: send the protocol's
+    /// handshake and wait for its answer, or, without one, the session is
+    /// connected.
+    fn on_tcp_connected(&mut self, idx: u32, now_us: u64) {
+        if !self.codec.has_handshake() {
+            return self.on_connected(idx, now_us);
+        }
+        let sid = self.sid(idx);
+        self.codec.handshake(sid, &mut self.out);
+        self.sessions[idx as usize].set_handshaking(true);
+        self.send_out(idx, (now_us / 1_000) as u32);
+    }
+
+    /// Session `idx`'s connect (and handshake) completed: count it and
+    /// schedule its first heartbeat.
     fn on_connected(&mut self, idx: u32, now_us: u64) {
         let now = (now_us / 1_000) as u32;
         self.inflight -= 1;
@@ -472,11 +513,31 @@ impl<I: SocketIo> Driver<I> {
         self.histos
             .send_lag
             .saturating_record(now_us.saturating_sub(intended_us));
-        self.digits.clear();
-        push_decimal(intended_us, &mut self.digits);
-        self.out.clear();
-        encode_command(&[b"PING", &self.digits], &mut self.out);
+        self.codec.heartbeat(intended_us, &mut self.out);
         self.counters.heartbeats_sent += 1;
+        if !self.codec.echoes() {
+            let spare = &mut self.spare_fifos;
+            self.fifo
+                .entry(idx)
+                .or_insert_with(|| spare.pop().unwrap_or_default())
+                .push_back(intended_ms);
+        }
+        self.send_out(idx, now)
+    }
+
+    /// Sends what the session said before a planned close (MQTT
+    /// DISCONNECT, a websocket close frame), if its protocol says one and
+    /// nothing is waiting to be sent before it; its outcome does not matter.
+    fn goodbye(&mut self, idx: u32, gen: u16) {
+        if self.write_spill.contains_key(&idx) || !self.codec.goodbye(&mut self.out) {
+            return;
+        }
+        let _ = self.io.send(idx, gen, &self.out);
+    }
+
+    /// Sends `out` on session `idx`'s connection, after any bytes already
+    /// waiting; false if the connection failed doing so.
+    fn send_out(&mut self, idx: u32, now: u32) -> bool {
         let s = &mut self.sessions[idx as usize];
         if s.has_write_spill() {
             self.write_spill
@@ -523,28 +584,61 @@ impl<I: SocketIo> Driver<I> {
     /// or a planned close that was waiting for these replies).
     fn ingest(&mut self, idx: u32, n: usize, now_us: u64) -> bool {
         let now = (now_us / 1_000) as u32;
-        let s = &mut self.sessions[idx as usize];
-        let result = if s.has_read_spill() {
+        let spilled = self.sessions[idx as usize].has_read_spill();
+        let mut buf = if spilled {
             let mut buf = self.read_spill.remove(&idx).unwrap_or_default();
             buf.extend_from_slice(&self.scratch[..n]);
-            let r = bytes::consume_replies(s, &mut self.counters, &mut self.histos, &buf, now_us);
-            r.map(|used| buf[used..].to_vec())
+            buf
         } else {
-            let buf = &self.scratch[..n];
-            let r = bytes::consume_replies(s, &mut self.counters, &mut self.histos, buf, now_us);
-            r.map(|used| buf[used..].to_vec())
+            Vec::new()
         };
-        match result {
-            Ok(rest) => {
-                let s = &mut self.sessions[idx as usize];
-                s.set_read_spill(!rest.is_empty());
-                if !rest.is_empty() {
-                    self.counters.read_spills += 1;
-                    self.read_spill.insert(idx, rest);
-                }
+        let bytes = if spilled {
+            &buf[..]
+        } else {
+            &self.scratch[..n]
+        };
+        let mut ctx = bytes::Replies {
+            codec: &mut self.codec,
+            session: &mut self.sessions[idx as usize],
+            sid: self.spec.first_sid + u64::from(idx) * self.spec.stride,
+            fifo: self.fifo.get_mut(&idx),
+            counters: &mut self.counters,
+            histos: &mut self.histos,
+            now_us,
+            connected: false,
+            send: Vec::new(),
+        };
+        let result = ctx.consume(bytes);
+        let (connected, send) = (ctx.connected, std::mem::take(&mut ctx.send));
+        let rest = match result {
+            Ok(used) if spilled => {
+                buf.drain(..used);
+                buf
             }
+            Ok(used) => bytes[used..].to_vec(),
             Err((kind, text)) => {
-                self.fail(idx, kind, now, text);
+                self.fail(idx, kind, now, Some(text));
+                return false;
+            }
+        };
+        if self.fifo.get(&idx).is_some_and(VecDeque::is_empty) {
+            if let Some(q) = self.fifo.remove(&idx) {
+                self.spare_fifos.push(q);
+            }
+        }
+        let s = &mut self.sessions[idx as usize];
+        s.set_read_spill(!rest.is_empty());
+        if !rest.is_empty() {
+            self.counters.read_spills += 1;
+            self.read_spill.insert(idx, rest);
+        }
+        if connected {
+            self.on_connected(idx, now_us);
+        }
+        if !send.is_empty() {
+            self.out.clear();
+            self.out.extend_from_slice(&send);
+            if !self.send_out(idx, now) {
                 return false;
             }
         }
@@ -576,6 +670,15 @@ impl<I: SocketIo> Driver<I> {
         // Publish the last second before closing thousands of sockets takes
         // its time, then close them (FIN).
         self.flush();
+        if self.codec.has_goodbye() {
+            for idx in 0..self.sessions.len() as u32 {
+                let s = &self.sessions[idx as usize];
+                if s.state() == State::Open {
+                    let gen = s.gen();
+                    self.goodbye(idx, gen);
+                }
+            }
+        }
         I::close_all(self);
         self.counters.open = 0;
         self.flush();

@@ -60,6 +60,8 @@ impl Share {
             connect_timeout_ms: config.connect_timeout_ms as u32,
             timeline: config.timeline(),
             io: self.io,
+            protocol: config.protocol.clone(),
+            seed: config.seed,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod plan;
 pub mod plot;
 pub mod procs;
 pub mod progress;
+pub mod proto;
 pub mod ramp;
 pub mod regress;
 pub mod report;

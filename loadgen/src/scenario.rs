@@ -13,6 +13,7 @@
 
 use crate::cli::{parse_duration, parse_fraction, RunArgs};
 use crate::model::{Churn, ClientClass, Drain, FirstBeat, HeartbeatModel, Lifetime, Outage, Storm};
+use crate::proto::{MqttVersion, ProtocolConfig, ProtocolKind};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -79,6 +80,11 @@ struct ScenarioFile {
     threads: Option<usize>,
     procs: Option<toml::Value>,
     io: Option<String>,
+    protocol: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    mqtt_version: Option<String>,
+    keepalive: Option<u16>,
     seed: Option<u64>,
     grace: Option<Dur>,
     #[serde(default, rename = "class")]
@@ -224,6 +230,9 @@ pub struct RunConfig {
     /// The drivers' socket interface.
     #[serde(default)]
     pub io: IoMode,
+    /// What the sessions speak.
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
     pub seed: u64,
     pub grace_ms: u64,
     pub classes: Vec<ClassConfig>,
@@ -371,6 +380,7 @@ impl RunConfig {
                 Some(text) => IoMode::parse(&text)?,
                 None => IoMode::Auto,
             },
+            protocol: ProtocolConfig::default(),
             seed: args.seed.or(file.seed).unwrap_or(1),
             grace_ms: flag_or_file(args.grace, file.grace).unwrap_or(5_000),
             classes,
@@ -394,11 +404,78 @@ impl RunConfig {
             server_pid: args.server_pid,
             progress: args.progress.clone(),
         };
+        let mut config = config;
+        let kind = match args.protocol.as_ref().or(file.protocol.as_ref()) {
+            Some(text) => ProtocolKind::parse(text)?,
+            None => ProtocolKind::Resp,
+        };
+        let mqtt = kind == ProtocolKind::Mqtt;
+        let web = matches!(kind, ProtocolKind::Http | ProtocolKind::Websocket);
+        let unused = [
+            ("path", args.path.is_some() || file.path.is_some(), web),
+            (
+                "host-header (host)",
+                args.host_header.is_some() || file.host.is_some(),
+                web,
+            ),
+            (
+                "mqtt-version",
+                args.mqtt_version.is_some() || file.mqtt_version.is_some(),
+                mqtt,
+            ),
+            (
+                "keepalive",
+                args.keepalive.is_some() || file.keepalive.is_some(),
+                mqtt,
+            ),
+        ];
+        for (name, given, applies) in unused {
+            if given && !applies {
+                bail!(
+                    "--{name} does not apply to protocol {}: {} only",
+                    kind.name(),
+                    if name.starts_with('p') || name.starts_with('h') {
+                        "http and websocket"
+                    } else {
+                        "mqtt"
+                    }
+                );
+            }
+        }
+        config.protocol = ProtocolConfig {
+            kind,
+            path: args
+                .path
+                .clone()
+                .or(file.path.clone())
+                .unwrap_or_else(|| "/".into()),
+            host: args.host_header.clone().or(file.host.clone()),
+            mqtt_version: match args.mqtt_version.as_ref().or(file.mqtt_version.as_ref()) {
+                Some(text) => MqttVersion::parse(text)?,
+                None => MqttVersion::V311,
+            },
+            keepalive_s: match args.keepalive.or(file.keepalive) {
+                Some(s) => s,
+                None if mqtt => ProtocolConfig::default_keepalive_s(config.max_heartbeat_gap_ms()),
+                None => 0,
+            },
+        };
         config.validate()?;
         Ok(config)
     }
 
+    /// The longest gap between two heartbeats of a session: its class's
+    /// interval stretched by the jitter.
+    pub fn max_heartbeat_gap_ms(&self) -> u64 {
+        self.classes
+            .iter()
+            .map(|c| (c.heartbeat_ms as f64 * (1.0 + c.jitter)).ceil() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn validate(&self) -> Result<()> {
+        self.protocol.validate(self.max_heartbeat_gap_ms())?;
         if !(self.rate > 0.0 && self.rate.is_finite()) {
             bail!("--rate must be a positive number of connections per second");
         }

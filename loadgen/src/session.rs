@@ -76,6 +76,9 @@ const FLAG_WRITE_SPILL: u8 = 1 << 2;
 /// (`transition_ms` is then the end of the grace).
 const FLAG_CLOSING: u8 = 1 << 3;
 const CAUSE_SHIFT: u8 = 4;
+/// Connected at the TCP level; the protocol's handshake (sent) awaits
+/// its answer. The session stays `Connecting` until then.
+const FLAG_HANDSHAKE: u8 = 1 << 6;
 
 /// One client's record; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +288,26 @@ impl ClientSession {
                 self.state = State::Done;
                 self.transition_ms = NEVER;
             }
+        }
+    }
+
+    /// The TCP connection is up and the protocol's handshake awaits its
+    /// answer (the state is still `Connecting`).
+    pub fn handshaking(&self) -> bool {
+        self.flags & FLAG_HANDSHAKE != 0
+    }
+
+    pub fn set_handshaking(&mut self, on: bool) {
+        self.set_flag(FLAG_HANDSHAKE, on);
+    }
+
+    /// The state of the connection itself: `Open` while a handshake is
+    /// under way (its socket is connected and read), else [`state`](Self::state).
+    pub fn wire_state(&self) -> State {
+        if self.handshaking() {
+            State::Open
+        } else {
+            self.state
         }
     }
 

@@ -24,21 +24,31 @@ pub enum ErrorKind {
     AddrNotAvail,
     /// EMFILE / ENFILE: out of descriptors.
     Emfile,
-    /// A reply that is not a bulk string carrying our payload.
+    /// Bytes that are not a valid answer in the run's protocol (for resp:
+    /// not a bulk string carrying our payload).
     Protocol,
     /// The server closed the session (EOF).
     Eof,
-    /// The server answered `-ERR ...` (the session is then closed by us).
+    /// The server answered with an error (`-ERR ...`, memcache
+    /// `SERVER_ERROR`, an HTTP status >= 400); the session is then closed
+    /// by us.
     ServerError,
     Other,
     /// The server refused the session `-ERR BUSY retry-after=<s>` (accept
     /// rate, session cap or overload): load shed by design, retried after
     /// the time it named. Reported, but not in `errors_total`.
     Busy,
+    /// The protocol's handshake failed: refused (an MQTT CONNACK with an
+    /// error code, an HTTP status instead of the websocket upgrade), a
+    /// wrong websocket accept key, or no answer within the connect timeout.
+    Handshake,
+    /// The server ended the session in the protocol (a websocket close
+    /// frame, an MQTT DISCONNECT, an HTTP `Connection: close`).
+    PeerClose,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::Refused,
         ErrorKind::Timeout,
         ErrorKind::Reset,
@@ -49,6 +59,8 @@ impl ErrorKind {
         ErrorKind::ServerError,
         ErrorKind::Other,
         ErrorKind::Busy,
+        ErrorKind::Handshake,
+        ErrorKind::PeerClose,
     ];
 
     /// The key in `summary.json`'s `errors{}`.
@@ -64,6 +76,8 @@ impl ErrorKind {
             ErrorKind::ServerError => "server_error",
             ErrorKind::Other => "other",
             ErrorKind::Busy => "busy",
+            ErrorKind::Handshake => "handshake",
+            ErrorKind::PeerClose => "peer_close",
         }
     }
 
@@ -111,15 +125,29 @@ impl ErrorKind {
                  driver thread's table; use more --threads (or leave it unset) \
                  (ENFILE: raise fs.file-max)"
             ),
-            ErrorKind::Protocol => "the server sent a reply that is not our echoed payload".into(),
+            ErrorKind::Protocol => "the server sent bytes that are not a valid answer in the run's \
+                 --protocol (see first_errors.protocol): the right --protocol for this server?"
+                .into(),
             ErrorKind::Eof => "the server closed sessions: its --max-sessions reached, or an \
                  --idle-timeout shorter than the heartbeat interval?"
                 .into(),
-            ErrorKind::ServerError => "the server answered -ERR (see first_server_error)".into(),
+            ErrorKind::ServerError => "the server answered with an error (-ERR, memcache \
+                 ERROR/SERVER_ERROR, an HTTP status >= 400; see first_errors.server_error): check \
+                 --path and --host-header for http"
+                .into(),
             ErrorKind::Other => "unclassified OS error (see first_other_error)".into(),
             ErrorKind::Busy => "the server shed new sessions (-ERR BUSY: its --accept-rate, \
                  --max-sessions or overload); each retried after the retry-after it was told, \
                  jittered; not counted against --max-errors"
+                .into(),
+            ErrorKind::Handshake => "the protocol's handshake failed (see first_errors.handshake): \
+                 MQTT CONNACK refused (anonymous access, client id), no websocket upgrade at \
+                 --path, or no answer within --connect-timeout"
+                .into(),
+            ErrorKind::PeerClose => "the server closed sessions in the protocol (see \
+                 first_errors.peer_close): a websocket close frame, an MQTT DISCONNECT (keepalive \
+                 shorter than the heartbeat interval?), HTTP Connection: close (keepalive_requests \
+                 or keepalive_timeout too low?)"
                 .into(),
         }
     }
@@ -154,7 +182,7 @@ pub struct Counters {
     /// (re-armed; the data waits in the socket).
     #[serde(default)]
     pub recv_enobufs: u64,
-    pub errors: [u64; 10],
+    pub errors: [u64; 12],
     /// Sessions established for the first time (the ramp's own connects).
     pub ramp_connected: u64,
     /// µs since the epoch of the ramp's first connect() (min over

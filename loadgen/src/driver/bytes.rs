@@ -1,89 +1,222 @@
-//! Reply parsing, shared by both socket interfaces.
+//! Reply parsing, shared by both socket interfaces: the bytes a session's
+//! connection delivered, taken through the run's protocol ([`Codec`]).
 #![forbid(unsafe_code)]
 
+use crate::proto::{Codec, Decoded, ProtoError};
 use crate::session::ClientSession;
 use crate::stats::{Counters, ErrorKind, Histos};
-use c10m_server::wire::{decode_reply, parse_busy, parse_i64, Reply};
+use std::collections::VecDeque;
 
-/// Largest reply accepted: ours are ~15 bytes, but a server's error text
-/// (e.g. Redis's protected-mode notice) can be a few hundred.
-const MAX_REPLY: usize = 4096;
+/// One session's view of the driver while its bytes are parsed.
+pub(super) struct Replies<'a> {
+    pub codec: &'a mut Codec,
+    pub session: &'a mut ClientSession,
+    pub sid: u64,
+    /// The session's outstanding intended times (ms), for protocols whose
+    /// replies do not echo them.
+    pub fifo: Option<&'a mut VecDeque<u32>>,
+    pub counters: &'a mut Counters,
+    pub histos: &'a mut Histos,
+    pub now_us: u64,
+    /// Set when the bytes completed the protocol's handshake.
+    pub connected: bool,
+    /// Bytes to send back (a websocket pong to the server's ping).
+    pub send: Vec<u8>,
+}
 
-/// Parses every complete reply in `buf`; returns the bytes consumed.
-pub(super) fn consume_replies(
-    s: &mut ClientSession,
-    counters: &mut Counters,
-    histos: &mut Histos,
-    buf: &[u8],
-    now_us: u64,
-) -> Result<usize, (ErrorKind, Option<String>)> {
-    let mut pos = 0;
-    loop {
-        match decode_reply(&buf[pos..], MAX_REPLY) {
-            Ok(Some((Reply::Bulk(Some(payload)), used))) => {
-                let Some(intended_us) = parse_i64(payload).filter(|v| *v >= 0) else {
-                    let text = format!(
-                        "bulk reply {:?} is not a send time",
-                        payload.escape_ascii().to_string()
-                    );
-                    return Err((ErrorKind::Protocol, Some(text)));
-                };
-                histos
-                    .rtt
-                    .saturating_record(now_us.saturating_sub(intended_us as u64));
-                s.answered();
-                counters.heartbeats_answered += 1;
-                pos += used;
-            }
-            Ok(Some((Reply::Error(text), _))) => {
-                let kind = if parse_busy(text).is_some() {
-                    ErrorKind::Busy
-                } else {
-                    ErrorKind::ServerError
-                };
-                return Err((kind, Some(String::from_utf8_lossy(text).into_owned())));
-            }
-            Ok(Some((other, _))) => {
-                return Err((
-                    ErrorKind::Protocol,
-                    Some(format!("unexpected reply {other:?}")),
-                ));
-            }
-            Ok(None) => return Ok(pos),
-            Err(e) => {
-                return Err((
-                    ErrorKind::Protocol,
-                    Some(format!(
-                        "{e}: {:?}",
-                        String::from_utf8_lossy(&buf[pos..buf.len().min(pos + 80)])
-                    )),
-                ))
+impl Replies<'_> {
+    /// Parses every complete message in `buf`; returns the bytes consumed.
+    pub fn consume(&mut self, buf: &[u8]) -> Result<usize, ProtoError> {
+        let mut pos = 0;
+        if self.session.handshaking() {
+            match self.codec.decode_handshake(self.sid, buf)? {
+                Some(used) => {
+                    self.session.set_handshaking(false);
+                    self.connected = true;
+                    pos = used;
+                }
+                None => return Ok(0),
             }
         }
+        loop {
+            match self.codec.decode(&buf[pos..])? {
+                Some((Decoded::Reply(echo), used)) => {
+                    self.answered(echo)?;
+                    pos += used;
+                }
+                Some((Decoded::Pong(bytes), used)) => {
+                    self.send.extend_from_slice(&bytes);
+                    pos += used;
+                }
+                Some((Decoded::ReplyThenClose(text), _)) => {
+                    self.answered(None)?;
+                    return Err((ErrorKind::PeerClose, text));
+                }
+                None => return Ok(pos),
+            }
+        }
+    }
+
+    /// A heartbeat's answer, echoing its intended time (µs) or not.
+    fn answered(&mut self, echo: Option<u64>) -> Result<(), ProtoError> {
+        let intended_us = match echo {
+            Some(t) => t,
+            None => {
+                let oldest = self.fifo.as_mut().and_then(|q| q.pop_front());
+                match oldest {
+                    Some(ms) => u64::from(ms) * 1_000,
+                    None => {
+                        return Err((
+                            ErrorKind::Protocol,
+                            format!(
+                                "an answer ({}) with no heartbeat outstanding",
+                                self.codec.kind().name()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        self.histos
+            .rtt
+            .saturating_record(self.now_us.saturating_sub(intended_us));
+        self.session.answered();
+        self.counters.heartbeats_answered += 1;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{ProtocolConfig, ProtocolKind};
+
+    fn codec(kind: ProtocolKind) -> Codec {
+        let config = ProtocolConfig {
+            kind,
+            ..ProtocolConfig::default()
+        };
+        Codec::new(&config, "127.0.0.1:1".parse().unwrap(), 1)
+    }
+
+    fn run(
+        codec: &mut Codec,
+        s: &mut ClientSession,
+        fifo: Option<&mut VecDeque<u32>>,
+        c: &mut Counters,
+        h: &mut Histos,
+        buf: &[u8],
+        now_us: u64,
+    ) -> Result<usize, ProtoError> {
+        let mut r = Replies {
+            codec,
+            session: s,
+            sid: 0,
+            fifo,
+            counters: c,
+            histos: h,
+            now_us,
+            connected: false,
+            send: Vec::new(),
+        };
+        r.consume(buf)
+    }
 
     #[test]
     fn replies_are_parsed_across_splits_and_rtt_comes_from_the_payload() {
+        let mut codec = codec(ProtocolKind::Resp);
         let mut s = ClientSession::new(0);
         let mut c = Counters::default();
         let mut h = Histos::new();
         let bytes = b"$4\r\n1000\r\n$4\r\n2000\r\n$4\r\n30";
-        let used = consume_replies(&mut s, &mut c, &mut h, bytes, 5_000).unwrap();
+        let used = run(&mut codec, &mut s, None, &mut c, &mut h, bytes, 5_000).unwrap();
         assert_eq!(used, 20);
         assert_eq!(c.heartbeats_answered, 2);
         // 5000 - 1000 and 5000 - 2000, at 3 significant digits.
         assert!((3_996..=4_004).contains(&h.rtt.max()), "{}", h.rtt.max());
         assert_eq!(h.rtt.min(), 3_000);
-        let err = consume_replies(&mut s, &mut c, &mut h, b"-ERR max clients\r\n", 0).unwrap_err();
-        assert_eq!(err.0, ErrorKind::ServerError);
-        let err = consume_replies(&mut s, &mut c, &mut h, b"+PONG\r\n", 0).unwrap_err();
-        assert_eq!(err.0, ErrorKind::Protocol);
-        let err = consume_replies(&mut s, &mut c, &mut h, b"$3\r\nabc\r\n", 0).unwrap_err();
-        assert_eq!(err.0, ErrorKind::Protocol);
+        let mut err = |bytes: &[u8]| {
+            run(&mut codec, &mut s, None, &mut c, &mut h, bytes, 0)
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(err(b"-ERR max clients\r\n"), ErrorKind::ServerError);
+        assert_eq!(err(b"-ERR BUSY retry-after=3\r\n"), ErrorKind::Busy);
+        assert_eq!(err(b"+PONG\r\n"), ErrorKind::Protocol);
+        assert_eq!(err(b"$3\r\nabc\r\n"), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn fifo_replies_take_the_oldest_intended_time_and_refuse_extra_answers() {
+        let mut codec = codec(ProtocolKind::Memcache);
+        let mut s = ClientSession::new(0);
+        let mut c = Counters::default();
+        let mut h = Histos::new();
+        let mut q: VecDeque<u32> = [1, 3].into_iter().collect();
+        let bytes = b"VERSION 1.6.18\r\nVERSION 1.6.18\r\nVERS";
+        let used = run(
+            &mut codec,
+            &mut s,
+            Some(&mut q),
+            &mut c,
+            &mut h,
+            bytes,
+            10_000,
+        )
+        .unwrap();
+        assert_eq!(used, 32);
+        assert_eq!(c.heartbeats_answered, 2);
+        assert!(q.is_empty());
+        // 10 ms - 1 ms and 10 ms - 3 ms.
+        assert_eq!(h.rtt.min(), 7_000);
+        assert!((8_990..=9_010).contains(&h.rtt.max()), "{}", h.rtt.max());
+        let err = run(
+            &mut codec,
+            &mut s,
+            Some(&mut q),
+            &mut c,
+            &mut h,
+            b"VERSION 1\r\n",
+            0,
+        );
+        assert_eq!(err.unwrap_err().0, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn a_handshake_answer_connects_then_replies_follow() {
+        let mut codec = codec(ProtocolKind::Mqtt);
+        let mut s = ClientSession::new(0);
+        s.set_handshaking(true);
+        let mut c = Counters::default();
+        let mut h = Histos::new();
+        let mut q: VecDeque<u32> = [1].into_iter().collect();
+        // Half a CONNACK: nothing taken, still handshaking.
+        let used = run(
+            &mut codec,
+            &mut s,
+            Some(&mut q),
+            &mut c,
+            &mut h,
+            &[0x20, 0x02],
+            0,
+        );
+        assert_eq!(used, Ok(0));
+        assert!(s.handshaking());
+        let mut r = Replies {
+            codec: &mut codec,
+            session: &mut s,
+            sid: 0,
+            fifo: Some(&mut q),
+            counters: &mut c,
+            histos: &mut h,
+            now_us: 2_000,
+            connected: false,
+            send: Vec::new(),
+        };
+        assert_eq!(r.consume(&[0x20, 0x02, 0, 0, 0xD0, 0x00]), Ok(6));
+        assert!(r.connected);
+        assert!(!s.handshaking());
+        assert_eq!(c.heartbeats_answered, 1);
+        assert_eq!(h.rtt.max(), 1_000);
     }
 }

@@ -231,7 +231,7 @@ impl Driver<EpollIo> {
         if s.gen() != gen {
             return; // stale: that connection is gone
         }
-        match s.state() {
+        match s.wire_state() {
             State::Connecting => self.on_connect_event(idx, now_us),
             State::Open => {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -261,7 +261,7 @@ impl Driver<EpollIo> {
             Err(e) => return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
         }
         if self.set_write_interest(idx, false, now) {
-            self.on_connected(idx, now_us);
+            self.on_tcp_connected(idx, now_us);
         }
     }
 

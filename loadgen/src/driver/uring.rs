@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 use super::{Driver, Sent, SocketIo};
+use crate::proto::ProtocolKind;
 use crate::session::State;
 use crate::stats::ErrorKind;
 use c10m_server::sys::uring::client::{ClientRings, Completion, Kind};
@@ -38,7 +39,16 @@ use std::time::Duration;
 /// 128 B ran dry 248 113 times in a million's drain (run 26), where the
 /// host's two CPUs are saturated and turns last long.
 pub const URING_BUFFERS: u16 = 2048;
-const URING_BUFFER_SIZE: u32 = 32;
+
+/// The size of a ring's provided buffers for `protocol`: an HTTP response
+/// is a few hundred bytes (nginx's to a GET: ~160), every other answer a
+/// few dozen at most (a websocket upgrade's ~130 B, once, spans buffers).
+fn buffer_size(protocol: ProtocolKind) -> u32 {
+    match protocol {
+        ProtocolKind::Http => 512,
+        _ => 32,
+    }
+}
 
 const CONNECT: u64 = 0;
 const RECV: u64 = 1;
@@ -64,8 +74,9 @@ pub struct UringIo {
 impl UringIo {
     /// Rings for `sessions` slots, `slots_per_ring` each, made on the
     /// calling (driver) thread.
-    pub fn new(sessions: u64, slots_per_ring: u32) -> io::Result<UringIo> {
-        let rings = ClientRings::new(sessions, slots_per_ring, URING_BUFFERS, URING_BUFFER_SIZE)?;
+    pub fn new(sessions: u64, slots_per_ring: u32, protocol: ProtocolKind) -> io::Result<UringIo> {
+        let size = buffer_size(protocol);
+        let rings = ClientRings::new(sessions, slots_per_ring, URING_BUFFERS, size)?;
         Ok(UringIo {
             rings,
             completions: Vec::with_capacity(4096),
@@ -134,7 +145,7 @@ impl SocketIo for UringIo {
         let mut rearm = std::mem::take(&mut d.io.rearm);
         for &(idx, gen) in &rearm {
             let s = &d.sessions[idx as usize];
-            if s.gen() == gen && s.state() == State::Open {
+            if s.gen() == gen && s.wire_state() == State::Open {
                 d.arm_recv(idx, now_us);
             }
         }
@@ -147,7 +158,7 @@ impl SocketIo for UringIo {
         for idx in 0..d.sessions.len() as u32 {
             let s = &d.sessions[idx as usize];
             if matches!(s.state(), State::Open | State::Connecting) {
-                let (gen, state) = (s.gen(), s.state());
+                let (gen, state) = (s.gen(), s.wire_state());
                 d.io.close(idx, gen, state);
             }
         }
@@ -174,7 +185,7 @@ impl Driver<UringIo> {
         if s.gen() != gen {
             return; // stale: that connection is gone
         }
-        let state = s.state();
+        let state = s.wire_state();
         let failed = |d: &mut Self, e: io::Error| {
             d.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
         };
@@ -184,7 +195,7 @@ impl Driver<UringIo> {
                 None if c.kind == Kind::Op => {
                     self.arm_recv(idx, now_us);
                     if self.sessions[idx as usize].gen() == gen {
-                        self.on_connected(idx, now_us);
+                        self.on_tcp_connected(idx, now_us);
                     }
                 }
                 None => {}
