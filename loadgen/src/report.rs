@@ -504,6 +504,9 @@ pub fn table(s: &Value) -> String {
         ("errors".into(), error_line(s)),
         ("loadgen memory per session".into(), memory(s, "/loadgen")),
     ];
+    if let Some(line) = protocol_line(s) {
+        rows.insert(0, ("protocol".into(), line));
+    }
     // Absent from a merged summary, empty when the ramp never completed.
     if u("/rtt_us_full_hold/count") > 0 {
         rows.insert(
@@ -540,6 +543,28 @@ pub fn table(s: &Value) -> String {
     rows.iter()
         .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
         .collect()
+}
+
+/// The run's protocol and its settings, unless it is the default resp.
+fn protocol_line(s: &Value) -> Option<String> {
+    let p = s.pointer("/config/protocol")?;
+    let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
+    let host = |p: &Value| {
+        p.get("host")
+            .and_then(Value::as_str)
+            .map(|h| format!(", Host {h}"))
+            .unwrap_or_default()
+    };
+    Some(match text("kind") {
+        "" | "resp" => return None,
+        "mqtt" => format!(
+            "mqtt {} (keepalive {} s)",
+            text("mqtt_version"),
+            p.get("keepalive_s").and_then(Value::as_u64).unwrap_or(0)
+        ),
+        kind @ ("http" | "websocket") => format!("{kind} {}{}", text("path"), host(p)),
+        other => other.to_string(),
+    })
 }
 
 /// "marginal X B (RSS growth) / all-in Y B (PSS)" of a role.
