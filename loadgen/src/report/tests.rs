@@ -93,7 +93,10 @@ fn summary_has_the_design_schema_and_the_thresholds_pass() {
         "{t}"
     );
     assert_eq!(s["heartbeats"]["unanswered"], 0);
-    assert!(!t.contains("protocol"), "resp, the default, is not named: {t}");
+    assert!(
+        !t.contains("protocol"),
+        "resp, the default, is not named: {t}"
+    );
     assert_eq!(s["config"]["protocol"]["kind"], "resp");
 }
 
@@ -104,12 +107,24 @@ fn the_table_names_a_protocol_other_than_resp() {
     o.config.protocol.mqtt_version = crate::proto::MqttVersion::V5;
     o.config.protocol.keepalive_s = 34;
     let t = table(&summary(&o));
-    assert!(t.lines().next().unwrap().ends_with("  mqtt 5 (keepalive 34 s)"), "{t}");
+    assert!(
+        t.lines()
+            .next()
+            .unwrap()
+            .ends_with("  mqtt 5 (keepalive 34 s)"),
+        "{t}"
+    );
     o.config.protocol.kind = crate::proto::ProtocolKind::Http;
     o.config.protocol.path = "/health".into();
     o.config.protocol.host = Some("api.test".into());
     let t = table(&summary(&o));
-    assert!(t.lines().next().unwrap().ends_with("  http /health, Host api.test"), "{t}");
+    assert!(
+        t.lines()
+            .next()
+            .unwrap()
+            .ends_with("  http /health, Host api.test"),
+        "{t}"
+    );
 }
 
 #[test]
