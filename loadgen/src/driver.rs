@@ -480,10 +480,18 @@ impl<I: SocketIo> Driver<I> {
         if !self.codec.has_handshake() {
             return self.on_connected(idx, now_us);
         }
+        let now = (now_us / 1_000) as u32;
         let sid = self.sid(idx);
         self.codec.handshake(sid, &mut self.out);
-        self.sessions[idx as usize].set_handshaking(true);
-        self.send_out(idx, (now_us / 1_000) as u32);
+        let s = &mut self.sessions[idx as usize];
+        s.set_handshaking(true);
+        if s.deadline(&self.model).is_some_and(|t| t <= now) {
+            // A late connect (its deadline's expiry took the wheel entry):
+            // the handshake gets a connect timeout of its own.
+            let at = s.extend_connect_deadline(now.saturating_add(self.spec.connect_timeout_ms));
+            self.wheel.schedule(idx, at);
+        }
+        self.send_out(idx, now);
     }
 
     /// Session `idx`'s connect (and handshake) completed: count it and

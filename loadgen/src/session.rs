@@ -301,6 +301,16 @@ impl ClientSession {
         self.set_flag(FLAG_HANDSHAKE, on);
     }
 
+    /// A connect that completed past its deadline (its event read late,
+    /// `Driver`'s late-connect path) still has its handshake to do: give
+    /// it until `at_ms`; returns the new deadline.
+    pub fn extend_connect_deadline(&mut self, at_ms: u32) -> u32 {
+        if self.state == State::Connecting && self.transition_ms < at_ms {
+            self.transition_ms = at_ms;
+        }
+        self.transition_ms
+    }
+
     /// The state of the connection itself: `Open` while a handshake is
     /// under way (its socket is connected and read), else [`state`](Self::state).
     pub fn wire_state(&self) -> State {
@@ -350,6 +360,39 @@ mod tests {
 
     fn model() -> HeartbeatModel {
         HeartbeatModel::fixed(7, 1_000, 0.0, 10_000)
+    }
+
+    #[test]
+    fn a_handshake_keeps_the_session_connecting_and_reads_as_open_on_the_wire() {
+        let m = model();
+        let mut s = ClientSession::new(0);
+        assert_eq!(s.start_connect(1_000_000, 5_000), 6_000);
+        s.set_handshaking(true);
+        assert_eq!(
+            (s.state(), s.wire_state()),
+            (State::Connecting, State::Open)
+        );
+        // Still under the connect timeout, which covers the handshake.
+        assert_eq!(s.deadline(&m), Some(6_000));
+        assert_eq!(s.poll(&m, 0, 6_000), Step::ConnectTimeout);
+        // A late connect's handshake gets a new deadline, never an earlier one.
+        assert_eq!(s.extend_connect_deadline(9_000), 9_000);
+        assert_eq!(s.extend_connect_deadline(7_000), 9_000);
+        assert!(s.connected(&m, 0, 7_000).is_some());
+        assert!(
+            s.handshaking(),
+            "the driver clears the flag when the answer arrives"
+        );
+        s.set_handshaking(false);
+        assert_eq!(s.wire_state(), State::Open);
+        // Any end of the connection clears it.
+        s.set_handshaking(true);
+        s.failed(&m, 0, 7_500, None);
+        assert!(!s.handshaking());
+        assert_eq!(
+            s.extend_connect_deadline(u32::MAX - 1),
+            s.deadline(&m).unwrap()
+        );
     }
 
     #[test]

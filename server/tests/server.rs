@@ -706,9 +706,32 @@ fn reader_that_stops_reading_is_bounded_then_served(backend: Backend) {
             writer.write_all(&chunk).unwrap();
         }
     });
-    // Wait until the server has had to spill, without reading anything.
+    // Wait, without reading anything, until the server has stopped
+    // reading: its heartbeat count unchanged over 10 stats lines (1 s)
+    // short of N. (A fixed wait was flaky: a debug server on a busy CI
+    // host had not yet filled its send buffer, so the reader, once it
+    // began, drained every reply before any had to spill.)
     server.wait_stat("open", |v| v == 1, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut steady) = (0, 0);
+    while steady < 10 {
+        std::thread::sleep(Duration::from_millis(100));
+        let line = server.wait_stat("heartbeats", |_| true, Duration::from_secs(5));
+        let hb = stat(&line, "heartbeats").unwrap();
+        if hb == last && hb > 0 {
+            steady += 1;
+        } else {
+            (last, steady) = (hb, 0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never stopped reading: {line}"
+        );
+    }
+    assert!(
+        last < N as u64,
+        "backed up before every request was read: {last}"
+    );
     let mut reader = c;
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
