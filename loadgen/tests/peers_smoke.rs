@@ -3,6 +3,7 @@
 //! Without a peer's program installed its test is skipped (with a line on
 //! stderr naming the package), except under CI, where it fails.
 
+mod common;
 mod peers;
 
 use peers::Peer;

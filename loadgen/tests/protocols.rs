@@ -4,65 +4,20 @@
 //! interfaces: every session held, 0 errors, every heartbeat answered,
 //! RTT taken for each; and a wrong protocol is counted by its kind.
 
+mod common;
 mod peers;
 
+use common::{describe, io_uring_client, num, run_bounded, summary};
 use peers::Peer;
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Runs `c10m-loadgen run ARGS` to completion (killed after 60 s).
 fn loadgen(args: &[String]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
-        .arg("run")
-        .args(["--progress", "off"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start c10m-loadgen");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("c10m-loadgen did not stop by itself within 60 s");
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn summary(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn num(v: &Value, ptr: &str) -> u64 {
-    v.pointer(ptr)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{ptr} missing in {v:#}"))
-}
-
-/// Whether this kernel runs the loadgen's io_uring client; prints SKIPPED if not.
-fn io_uring_client(test: &str) -> bool {
-    match c10m_server::sys::uring::client::client_probe() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            false
-        }
-    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"));
+    command.arg("run").args(["--progress", "off"]).args(args);
+    run_bounded(&mut command, Duration::from_secs(60))
 }
 
 const SESSIONS: u64 = 300;

@@ -9,57 +9,20 @@
 //! not, it is built once into a separate target directory;
 //! `C10M_SERVER_BIN` overrides the path.
 
+mod common;
+
+use common::{describe, io_uring_client, num, run_bounded, summary, workspace_bin};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(path) = std::env::var("C10M_SERVER_BIN") {
-            return PathBuf::from(path);
-        }
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        let beside = profile_dir.join("c10m-server");
-        if beside.exists() {
-            return beside;
-        }
-        let own_target = profile_dir.join("loadgen-tests-server");
-        let built = own_target.join("debug").join("c10m-server");
-        eprintln!(
-            "c10m-server not found at {}; building it into {}",
-            beside.display(),
-            own_target.display()
-        );
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "c10m-server",
-                "--bin",
-                "c10m-server",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&own_target)
-            .status()
-            .expect("run cargo");
-        assert!(
-            status.success() && built.exists(),
-            "could not build c10m-server"
-        );
-        built
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_bin("c10m-server", "c10m-server", "C10M_SERVER_BIN", "server"))
+        .clone()
 }
 
 /// A c10m-server on 127.0.0.1:0; stopped (SIGTERM) and reaped on drop.
@@ -177,56 +140,11 @@ fn loadgen_with_limits(args: &str, nofile: Option<u64>, memlock: Option<u64>) ->
             });
         }
     }
-    let mut child = command
+    command
         .arg("run")
         .args(["--progress", "plain"])
-        .args(args.split_whitespace())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start c10m-loadgen");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("c10m-loadgen did not stop by itself within 60 s");
-}
-
-fn summary(dir: &Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn num(v: &Value, ptr: &str) -> u64 {
-    v.pointer(ptr)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{ptr} missing in {v:#}"))
-}
-
-/// Whether this kernel runs the loadgen's io_uring client (SOCKET into a
-/// slot, URING_CMD setsockopt, BIND: Linux 6.11); prints SKIPPED if not.
-fn io_uring_client(test: &str) -> bool {
-    match c10m_server::sys::uring::client::client_probe() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            false
-        }
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+        .args(args.split_whitespace());
+    run_bounded(&mut command, Duration::from_secs(60))
 }
 
 #[test]

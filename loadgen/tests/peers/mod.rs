@@ -481,39 +481,12 @@ fn raise_nofile_limit() {
 pub fn tokio_peer_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("C10M_TOKIO_PEER_BIN") {
-            return PathBuf::from(path);
-        }
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        let beside = profile_dir.join("c10m-tokio-peer");
-        if beside.exists() {
-            return beside;
-        }
-        let own_target = profile_dir.join("loadgen-tests-tokio-peer");
-        let built = own_target.join("debug").join("c10m-tokio-peer");
-        eprintln!(
-            "c10m-tokio-peer not found at {}; building it into {}",
-            beside.display(),
-            own_target.display()
-        );
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "c10m-tokio-peer", "--bin", "c10m-tokio-peer"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&own_target)
-            .status()
-            .expect("run cargo");
-        assert!(
-            status.success() && built.exists(),
-            "could not build c10m-tokio-peer"
-        );
-        built
+        crate::common::workspace_bin(
+            "c10m-tokio-peer",
+            "c10m-tokio-peer",
+            "C10M_TOKIO_PEER_BIN",
+            "tokio-peer",
+        )
     })
     .clone()
 }
