@@ -72,6 +72,22 @@ pub struct RunArgs {
     /// heartbeat gap plus a second].
     #[arg(long, value_name = "SECONDS")]
     pub keepalive: Option<u16>,
+    /// This process's shard of a run spread over several (pods, hosts):
+    /// `K/N`, shard K (from 0) of N. Sessions, rate and in-flight connects
+    /// are the whole run's and each shard takes its share: the session ids
+    /// K, K + N, K + 2N, ... (schedules are functions of the seed and the
+    /// id, so the shards together are the one-host run), and block K of N
+    /// of --source. Without it, a Kubernetes Indexed Job's
+    /// JOB_COMPLETION_INDEX with C10M_SHARDS (the Job's completions) set
+    /// it.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Start the ramp at this wall-clock time (RFC 3339, e.g.
+    /// 2026-12-06T10:00:00.250Z, or Unix seconds), so that shards on
+    /// several hosts ramp together; the summary records how late it
+    /// started (`start.late_ms`).
+    #[arg(long, value_name = "TIME")]
+    pub start_at: Option<String>,
     /// Seed of every random choice (schedules are pure functions of it).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -123,6 +139,37 @@ pub struct RunArgs {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 5m, 250ms)"))
+}
+
+/// `--start-at`: RFC 3339 or Unix seconds (with a fraction), in ms since
+/// the Unix epoch.
+pub fn parse_start_at(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 {
+            return Ok((secs * 1e3).round() as u64);
+        }
+    }
+    humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| format!("--start-at {s:?}: {e} (write 2026-12-06T10:00:00Z or Unix seconds)"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|_| format!("--start-at {s:?} is before 1970"))
+        })
+}
+
+/// `--shard K/N`.
+pub fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--shard {s:?}: expected K/N with 0 <= K < N, e.g. 0/4");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n) = (
+        k.trim().parse::<u64>().map_err(|_| bad())?,
+        n.trim().parse::<u64>().map_err(|_| bad())?,
+    );
+    if n == 0 || k >= n {
+        return Err(bad());
+    }
+    Ok((k, n))
 }
 
 pub fn parse_fraction(s: &str) -> Result<f64, String> {

@@ -83,6 +83,9 @@ pub struct DriverSpec {
     pub protocol: ProtocolConfig,
     /// The run's seed (MQTT client ids, websocket keys).
     pub seed: u64,
+    /// This process's shard of a distributed run: its local session ids
+    /// map to global ones.
+    pub shard: Option<crate::scenario::ShardConfig>,
 }
 
 /// What a driver publishes every second.
@@ -269,7 +272,8 @@ impl<I: SocketIo> Driver<I> {
     }
 
     fn sid(&self, idx: u32) -> u64 {
-        self.spec.first_sid + u64::from(idx) * self.spec.stride
+        let local = self.spec.first_sid + u64::from(idx) * self.spec.stride;
+        self.spec.shard.map_or(local, |s| s.global(local))
     }
 
     /// Runs the loop from the epoch of `clock` until the run's end.
@@ -605,10 +609,11 @@ impl<I: SocketIo> Driver<I> {
         } else {
             &self.scratch[..n]
         };
+        let sid = self.sid(idx);
         let mut ctx = bytes::Replies {
             codec: &mut self.codec,
             session: &mut self.sessions[idx as usize],
-            sid: self.spec.first_sid + u64::from(idx) * self.spec.stride,
+            sid,
             fifo: self.fifo.get_mut(&idx),
             counters: &mut self.counters,
             histos: &mut self.histos,

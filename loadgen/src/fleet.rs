@@ -62,6 +62,7 @@ impl Share {
             io: self.io,
             protocol: config.protocol.clone(),
             seed: config.seed,
+            shard: config.shard,
         }
     }
 }

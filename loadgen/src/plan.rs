@@ -46,6 +46,24 @@ impl Cidr {
     pub fn is_loopback(&self) -> bool {
         Ipv4Addr::from(self.base).is_loopback() && self.prefix >= 8
     }
+
+    /// Block `k` of this one cut into `n` (rounded up to a power of two)
+    /// equal blocks: shard `k` of `n`'s own source addresses, disjoint from
+    /// every other shard's.
+    pub fn block(&self, k: u64, n: u64) -> Result<Cidr, PlanError> {
+        let bits = n.max(1).next_power_of_two().trailing_zeros() as u8;
+        let prefix = self.prefix + bits;
+        if prefix > 32 || k >= n {
+            return Err(PlanError::SourceTooSmallForShards {
+                range: *self,
+                shards: n,
+            });
+        }
+        Ok(Cidr {
+            base: self.base | (k as u32).checked_shl(32 - u32::from(prefix)).unwrap_or(0),
+            prefix,
+        })
+    }
 }
 
 impl FromStr for Cidr {
@@ -93,6 +111,11 @@ pub enum PlanError {
     )]
     NotLoopback(SocketAddr),
     #[error(
+        "source {range} cannot give {shards} shards a block each; widen --source (a /16 gives \
+         up to 65 536)"
+    )]
+    SourceTooSmallForShards { range: Cidr, shards: u64 },
+    #[error(
         "{sessions} sessions (+{headroom} TIME_WAIT tuples) cannot fit: {sources} source \
          address(es) x {targets} target(s) x {ports} ephemeral ports ({lo}-{hi}) = {capacity} \
          4-tuples; widen --source (e.g. {DEFAULT_LOOPBACK_SOURCE}), add --target ports, or \
@@ -117,6 +140,9 @@ pub struct AddressPlan {
     pub source: Option<Cidr>,
     pub targets: Vec<SocketAddrV4>,
     pub port_range: (u16, u16),
+    /// Shards of the run (1 unsharded): session ids are global, `local ×
+    /// shards + shard`, and addresses are spread by the local number.
+    pub shards: u64,
 }
 
 impl AddressPlan {
@@ -150,6 +176,7 @@ impl AddressPlan {
             source,
             targets: v4,
             port_range,
+            shards: 1,
         };
         let (lo, hi) = port_range;
         let ports = u64::from(hi.saturating_sub(lo)) + 1;
@@ -178,8 +205,9 @@ impl AddressPlan {
     /// Source address (port 0: chosen at connect) and target of session `sid`.
     pub fn endpoints(&self, sid: u64) -> (Option<SocketAddrV4>, SocketAddrV4) {
         let n = self.targets.len() as u64;
-        let target = self.targets[(sid % n) as usize];
-        let source = self.source.map(|c| SocketAddrV4::new(c.nth(sid / n), 0));
+        let local = sid / self.shards;
+        let target = self.targets[(local % n) as usize];
+        let source = self.source.map(|c| SocketAddrV4::new(c.nth(local / n), 0));
         (source, target)
     }
 }
@@ -234,6 +262,39 @@ mod tests {
         // Two target ports double the space.
         let two = [addr("127.0.0.1:7000"), addr("127.0.0.1:7001")];
         AddressPlan::new(&two, Some(one), (32_768, 60_999), 30_000, 0, false).unwrap();
+    }
+
+    #[test]
+    fn shards_get_disjoint_source_blocks_and_spread_over_targets() {
+        let c: Cidr = "127.1.0.0/16".parse().unwrap();
+        assert_eq!(c.block(0, 1).unwrap(), c);
+        assert_eq!(c.block(0, 3).unwrap().to_string(), "127.1.0.0/18");
+        assert_eq!(c.block(2, 3).unwrap().to_string(), "127.1.128.0/18");
+        let one: Cidr = "10.0.0.7/32".parse().unwrap();
+        assert_eq!(one.block(0, 1).unwrap(), one);
+        assert!(matches!(
+            one.block(0, 2),
+            Err(PlanError::SourceTooSmallForShards { shards: 2, .. })
+        ));
+        let two = [addr("127.0.0.1:7000"), addr("127.0.0.1:7001")];
+        let mut plan =
+            AddressPlan::new(&two, c.block(1, 2).ok(), (32_768, 60_999), 100, 0, false).unwrap();
+        plan.shards = 2;
+        // Shard 1 of 2 owns the odd ids: both targets, consecutive sources.
+        let ends: Vec<_> = [1, 3, 5, 7]
+            .iter()
+            .map(|&sid| plan.endpoints(sid))
+            .collect();
+        let ports: Vec<u16> = ends.iter().map(|(_, t)| t.port()).collect();
+        assert_eq!(ports, [7000, 7001, 7000, 7001]);
+        let sources: Vec<String> = ends
+            .iter()
+            .map(|(s, _)| s.unwrap().ip().to_string())
+            .collect();
+        assert_eq!(
+            sources,
+            ["127.1.128.0", "127.1.128.0", "127.1.128.1", "127.1.128.1"]
+        );
     }
 
     #[test]

@@ -71,10 +71,20 @@ pub struct KernelMeasure {
     pub both_ends_local: bool,
 }
 
+/// When the run's epoch (the ramp's start) fell, in wall-clock time.
+#[derive(Debug, Clone, Default)]
+pub struct StartMeasure {
+    /// ms since the Unix epoch.
+    pub epoch_unix_ms: f64,
+    /// `--start-at`, when given.
+    pub intended_unix_ms: Option<u64>,
+}
+
 /// Everything a finished run measured.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub config: RunConfig,
+    pub start: StartMeasure,
     pub host: HostFacts,
     pub procs: usize,
     pub threads: usize,
@@ -196,6 +206,12 @@ pub fn summary(o: &RunOutcome) -> Value {
         "timeline_ms": {"ramp_end": tl.ramp_end_ms, "hold_end": tl.hold_end_ms, "end": tl.end_ms,
                          "deadline": tl.deadline_ms},
         "duration_s": round1(o.duration_s),
+        "start": {
+            "epoch_unix_ms": (o.start.epoch_unix_ms * 1e3).round() / 1e3,
+            "intended_unix_ms": o.start.intended_unix_ms,
+            "late_ms": o.start.intended_unix_ms
+                .map(|t| ((o.start.epoch_unix_ms - t as f64) * 1e3).round() / 1e3),
+        },
         "sessions": {
             "target": o.config.sessions,
             "peak": o.peak_open,

@@ -13,11 +13,12 @@ use crate::cli::RunArgs;
 use crate::clock::RunClock;
 use crate::fleet::{LocalFleet, Share, Snapshot};
 use crate::host::{self, HostFacts};
-use crate::plan::{time_wait_headroom, AddressPlan, Cidr};
+use crate::plan::{time_wait_headroom, AddressPlan, Cidr, DEFAULT_LOOPBACK_SOURCE};
 use crate::procs::{self, ChildFleet};
 use crate::progress::Progress;
 use crate::report::{
     self, CpuMeasure, KernelMeasure, MonitorMeasure, RssMeasure, RunOutcome, ServerMeasure,
+    StartMeasure,
 };
 use crate::results::{HlogFiles, Row, TimelineFile};
 use crate::scenario::RunConfig;
@@ -71,6 +72,41 @@ impl RowClock {
 }
 
 /// The checked address plan of `config` on this host.
+/// Wall-clock time now, in ms since the Unix epoch.
+fn unix_ms_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// Sleeps until the wall-clock time `ms` (ms since the Unix epoch): in
+/// steps of at most 100 ms (a signal ends the wait), the last 2 ms
+/// spinning, so that shards on hosts whose clocks agree start within a
+/// millisecond of each other. A time already past returns at once (the
+/// summary's `start.late_ms` says by how much); one more than a day ahead
+/// is refused as a mistake.
+fn wait_until_unix_ms(ms: u64, signalled: &AtomicBool) -> Result<()> {
+    let target = ms as f64;
+    let ahead = target - unix_ms_now();
+    if ahead > 86_400_000.0 {
+        anyhow::bail!(
+            "--start-at is {:.0} s ahead (more than a day): check the time and its zone",
+            ahead / 1e3
+        );
+    }
+    loop {
+        let left = target - unix_ms_now();
+        if left <= 0.0 || signalled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if left > 2.0 {
+            std::thread::sleep(Duration::from_secs_f64(((left - 2.0) / 1e3).min(0.1)));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 pub fn address_plan(config: &RunConfig) -> Result<AddressPlan> {
     let range = HostFacts::probe().port_range();
     let churn_mean = config.churn.as_ref().map(|c| c.mean_ms as f64);
@@ -80,19 +116,32 @@ pub fn address_plan(config: &RunConfig) -> Result<AddressPlan> {
         config.outage_fraction(),
         TIME_WAIT_MS,
     );
-    let source = config
+    let mut source = config
         .source
         .as_deref()
         .map(str::parse::<Cidr>)
         .transpose()?;
-    Ok(AddressPlan::new(
+    if let Some(shard) = config.shard {
+        // Each shard gets its own block of the source range (the default
+        // loopback one too), so shards on one host never share a 4-tuple.
+        let loopback = config.targets.iter().all(|t| t.ip().is_loopback());
+        if source.is_none() && loopback {
+            source = Some(DEFAULT_LOOPBACK_SOURCE.parse()?);
+        }
+        source = source
+            .map(|c| c.block(shard.index, shard.count))
+            .transpose()?;
+    }
+    let mut plan = AddressPlan::new(
         &config.targets,
         source,
         range,
         config.sessions,
         headroom,
         config.allow_remote,
-    )?)
+    )?;
+    plan.shards = config.shard.map_or(1, |s| s.count);
+    Ok(plan)
 }
 
 enum Fleet {
@@ -249,7 +298,12 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let cores = c10m_server::sys::allowed_cpus().len();
     let layout = procs::layout(&config, hard, cores, &uring_check)?;
     let (procs, threads, io) = (layout.procs, layout.threads, layout.io);
-    let started = SystemTime::now();
+    // With --start-at the run's epoch is that wall-clock time (the interval
+    // logs' StartTime says so, and merge aligns on it).
+    let started = match config.start_at_unix_ms {
+        Some(ms) => SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
+        None => SystemTime::now(),
+    };
     let mut timeline = config
         .out
         .as_deref()
@@ -298,7 +352,11 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         .map(|addr| c10m_server::metrics::announce(addr, "c10m-loadgen"))
         .transpose()
         .context("--metrics")?;
+    if let Some(ms) = config.start_at_unix_ms {
+        wait_until_unix_ms(ms, &signalled)?;
+    }
     let clock = RunClock::start();
+    let epoch_unix_ms = unix_ms_now();
     fleet.go(clock);
     let progress = Progress::new(&config.progress, config.sessions);
     let tl = config.timeline();
@@ -433,6 +491,10 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
     let held = held.unwrap_or_default();
 
     let outcome = RunOutcome {
+        start: StartMeasure {
+            epoch_unix_ms,
+            intended_unix_ms: config.start_at_unix_ms,
+        },
         host: facts,
         procs,
         threads,

@@ -233,6 +233,14 @@ pub struct RunConfig {
     /// What the sessions speak.
     #[serde(default)]
     pub protocol: ProtocolConfig,
+    /// This process's shard of a run spread over several; `sessions`,
+    /// `rate`, `max_inflight`, `source` and `thresholds.expect_sessions`
+    /// above are already its share.
+    #[serde(default)]
+    pub shard: Option<ShardConfig>,
+    /// The ramp starts at this wall-clock time (ms since the Unix epoch).
+    #[serde(default)]
+    pub start_at_unix_ms: Option<u64>,
     pub seed: u64,
     pub grace_ms: u64,
     pub classes: Vec<ClassConfig>,
@@ -249,6 +257,57 @@ pub struct RunConfig {
 
 fn default_first_heartbeat() -> String {
     "spread".into()
+}
+
+/// Shard `index` of `count` of a run of `total_sessions`: its sessions
+/// are the global ids `index`, `index + count`, ... (see `--shard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardConfig {
+    pub index: u64,
+    pub count: u64,
+    pub total_sessions: u64,
+}
+
+impl ShardConfig {
+    /// Sessions of shard `index`: the ids below `total` that are `index`
+    /// modulo `count`.
+    pub fn sessions(&self) -> u64 {
+        self.total_sessions
+            .saturating_sub(self.index)
+            .div_ceil(self.count)
+    }
+
+    /// The global id of this shard's `local`-th session.
+    pub fn global(&self, local: u64) -> u64 {
+        local * self.count + self.index
+    }
+}
+
+/// `--shard`, else JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's pod
+/// index) with C10M_SHARDS (the pod count).
+fn shard_of(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(u64, u64)>> {
+    if let Some(text) = flag {
+        return crate::cli::parse_shard(text)
+            .map(Some)
+            .map_err(anyhow::Error::msg);
+    }
+    match (env("JOB_COMPLETION_INDEX"), env("C10M_SHARDS")) {
+        (None, None) => Ok(None),
+        (Some(k), Some(n)) => crate::cli::parse_shard(&format!("{k}/{n}"))
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("JOB_COMPLETION_INDEX={k} C10M_SHARDS={n}: {e}")),
+        (Some(_), None) => bail!(
+            "JOB_COMPLETION_INDEX is set but C10M_SHARDS is not: set C10M_SHARDS to the Job's \
+             completions (the pod count), or pass --shard K/N"
+        ),
+        (None, Some(_)) => bail!(
+            "C10M_SHARDS is set but JOB_COMPLETION_INDEX is not (an Indexed Job sets it): pass \
+             --shard K/N"
+        ),
+    }
 }
 
 /// Phase boundaries of a run, in ms since the epoch.
@@ -381,6 +440,8 @@ impl RunConfig {
                 None => IoMode::Auto,
             },
             protocol: ProtocolConfig::default(),
+            shard: None,
+            start_at_unix_ms: None,
             seed: args.seed.or(file.seed).unwrap_or(1),
             grace_ms: flag_or_file(args.grace, file.grace).unwrap_or(5_000),
             classes,
@@ -460,8 +521,45 @@ impl RunConfig {
                 None => 0,
             },
         };
+        config.start_at_unix_ms = args
+            .start_at
+            .as_deref()
+            .map(crate::cli::parse_start_at)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        if let Some((index, count)) = shard_of(args.shard.as_deref(), |k| std::env::var(k).ok())? {
+            config.take_share(index, count)?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes this the config of shard `index` of `count`: its share of the
+    /// sessions (the ids `index` modulo `count`), of the rate and of the
+    /// connects in flight, and of `expect_sessions` (in proportion).
+    fn take_share(&mut self, index: u64, count: u64) -> Result<()> {
+        let shard = ShardConfig {
+            index,
+            count,
+            total_sessions: self.sessions,
+        };
+        let mine = shard.sessions();
+        if mine == 0 {
+            bail!(
+                "--shard {index}/{count}: {} sessions leave none to shard {index}; use fewer \
+                 shards than sessions",
+                self.sessions
+            );
+        }
+        if let Some(expect) = self.thresholds.expect_sessions {
+            let share = u128::from(expect) * u128::from(mine) / u128::from(self.sessions.max(1));
+            self.thresholds.expect_sessions = Some(share as u64);
+        }
+        self.sessions = mine;
+        self.rate /= count as f64;
+        self.max_inflight = u64::from(self.max_inflight).div_ceil(count).max(1) as u32;
+        self.shard = Some(shard);
+        Ok(())
     }
 
     /// The longest gap between two heartbeats of a session: its class's

@@ -581,6 +581,90 @@ fn fans_out_to_child_processes_and_merges_exactly() {
     );
 }
 
+/// Two shards of one run (`--shard 0/2`, `1/2`), separate processes
+/// started together by `--start-at`, against one server: together they
+/// hold every session once, their ramps start within 50 ms of each other,
+/// and `merge` adds their counts and histograms exactly.
+#[test]
+fn shards_started_at_one_time_hold_the_whole_run_and_merge_exactly() {
+    let server = Server::start(&["--max-sessions", "19000"]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_000;
+    let start_at = format!("{}.{:03}", start_ms / 1000, start_ms % 1000);
+    let shards: Vec<_> = (0..2)
+        .map(|k| {
+            let args = format!(
+                "--target {} --sessions 3001 --rate 6000 --hold 2s --heartbeat 500ms \
+                 --shard {k}/2 --start-at {start_at} --expect-sessions 3001 --max-errors 0 \
+                 --out {}",
+                server.addr,
+                dirs[k].path().to_str().unwrap()
+            );
+            std::thread::spawn(move || loadgen(&args))
+        })
+        .collect();
+    for shard in shards {
+        let out = shard.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    let (a, b) = (summary(dirs[0].path()), summary(dirs[1].path()));
+    // 3 001 ids: 1 501 even ones, 1 500 odd; --expect-sessions scaled to each.
+    assert_eq!(num(&a, "/sessions/held_at_end"), 1_501);
+    assert_eq!(num(&b, "/sessions/held_at_end"), 1_500);
+    assert_eq!(num(&a, "/config/shard/total_sessions"), 3_001);
+    for s in [&a, &b] {
+        let late = s.pointer("/start/late_ms").and_then(Value::as_f64).unwrap();
+        assert!(
+            (0.0..50.0).contains(&late),
+            "started {late} ms after --start-at"
+        );
+    }
+    let epochs: Vec<f64> = [&a, &b]
+        .iter()
+        .map(|s| {
+            s.pointer("/start/epoch_unix_ms")
+                .and_then(Value::as_f64)
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        (epochs[0] - epochs[1]).abs() < 50.0,
+        "ramps apart: {epochs:?}"
+    );
+
+    let merged = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_c10m-loadgen"))
+            .arg("merge")
+            .arg(merged.path())
+            .arg(dirs[0].path())
+            .arg(dirs[1].path()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let m = summary(merged.path());
+    for key in [
+        "/sessions/held_at_end",
+        "/connect/ok",
+        "/heartbeats/sent",
+        "/heartbeats/answered",
+        "/rtt_us/count",
+    ] {
+        assert_eq!(num(&m, key), num(&a, key) + num(&b, key), "{key}");
+    }
+    assert_eq!(num(&m, "/sessions/held_at_end"), 3_001);
+    assert_eq!(num(&m, "/heartbeats/answered"), num(&m, "/heartbeats/sent"));
+    // The merged max is the larger of the two: one histogram of all samples.
+    assert_eq!(
+        num(&m, "/rtt_us/max"),
+        num(&a, "/rtt_us/max").max(num(&b, "/rtt_us/max"))
+    );
+}
+
 #[test]
 fn churn_storm_and_drain_scenario_runs_clean() {
     churn_storm_and_drain_scenario_runs_clean_on("epoll");

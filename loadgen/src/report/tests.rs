@@ -25,6 +25,10 @@ fn outcome(held: u64, errors: u64, p99_us: u64) -> RunOutcome {
     }
     RunOutcome {
         config,
+        start: StartMeasure {
+            epoch_unix_ms: 1_000_000.5,
+            intended_unix_ms: None,
+        },
         host: HostFacts::probe(),
         procs: 1,
         threads: 2,

@@ -138,3 +138,90 @@ fn first_heartbeat_is_spread_unless_the_file_says_interval() {
     let old: RunConfig = serde_json::from_value(json).unwrap();
     assert_eq!(old.model().first, FirstBeat::Spread);
 }
+
+#[test]
+fn a_shard_takes_its_share_of_sessions_rate_inflight_and_expectation() {
+    let c = RunConfig::resolve(&args(&[
+        "--sessions",
+        "10",
+        "--rate",
+        "900",
+        "--max-inflight",
+        "100",
+        "--expect-sessions",
+        "10",
+        "--shard",
+        "1/3",
+    ]))
+    .unwrap();
+    let shard = c.shard.unwrap();
+    // Ids 1, 4, 7 of 0..10.
+    assert_eq!((c.sessions, shard.total_sessions), (3, 10));
+    assert_eq!((shard.global(0), shard.global(2)), (1, 7));
+    assert_eq!(c.rate, 300.0);
+    assert_eq!(c.max_inflight, 34);
+    assert_eq!(c.thresholds.expect_sessions, Some(3));
+    // Every id is in exactly one shard.
+    let mut ids: Vec<u64> = (0..3)
+        .flat_map(|k| {
+            let s = ShardConfig {
+                index: k,
+                count: 3,
+                total_sessions: 10,
+            };
+            (0..s.sessions()).map(move |l| s.global(l))
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10).collect::<Vec<_>>());
+    let e = RunConfig::resolve(&args(&["--sessions", "2", "--shard", "2/3"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("leave none to shard 2"), "{e}");
+    for bad in ["3/3", "1", "a/2", "0/0"] {
+        let e = RunConfig::resolve(&args(&["--shard", bad]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected K/N"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn an_indexed_jobs_environment_names_the_shard_and_half_of_it_is_refused() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    assert_eq!(shard_of(None, env(&[])).unwrap(), None);
+    let job = env(&[("JOB_COMPLETION_INDEX", "2"), ("C10M_SHARDS", "4")]);
+    assert_eq!(shard_of(None, job).unwrap(), Some((2, 4)));
+    // The flag wins.
+    assert_eq!(shard_of(Some("0/2"), job).unwrap(), Some((0, 2)));
+    let e = shard_of(None, env(&[("JOB_COMPLETION_INDEX", "2")])).unwrap_err();
+    assert!(e.to_string().contains("set C10M_SHARDS"), "{e}");
+    let e = shard_of(None, env(&[("C10M_SHARDS", "4")])).unwrap_err();
+    assert!(e.to_string().contains("JOB_COMPLETION_INDEX is not"), "{e}");
+    let e = shard_of(
+        None,
+        env(&[("JOB_COMPLETION_INDEX", "4"), ("C10M_SHARDS", "4")]),
+    );
+    assert!(e.unwrap_err().to_string().contains("C10M_SHARDS=4"));
+}
+
+#[test]
+fn start_at_reads_rfc_3339_and_unix_seconds() {
+    use crate::cli::parse_start_at;
+    assert_eq!(parse_start_at("1765000000.25"), Ok(1_765_000_000_250));
+    assert_eq!(
+        parse_start_at("2026-12-06T00:00:00.5Z"),
+        Ok(1_796_515_200_500)
+    );
+    let e = parse_start_at("tomorrow").unwrap_err();
+    assert!(e.contains("2026-12-06T10:00:00Z or Unix seconds"), "{e}");
+    let c = RunConfig::resolve(&args(&["--start-at", "1765000000"])).unwrap();
+    assert_eq!(c.start_at_unix_ms, Some(1_765_000_000_000));
+}
