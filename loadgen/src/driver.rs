@@ -614,7 +614,12 @@ impl<I: SocketIo> Driver<I> {
             codec: &mut self.codec,
             session: &mut self.sessions[idx as usize],
             sid,
-            fifo: self.fifo.get_mut(&idx),
+            // Empty for the echoing protocols: no hashing per read.
+            fifo: if self.fifo.is_empty() {
+                None
+            } else {
+                self.fifo.get_mut(&idx)
+            },
             counters: &mut self.counters,
             histos: &mut self.histos,
             now_us,
@@ -634,7 +639,7 @@ impl<I: SocketIo> Driver<I> {
                 return false;
             }
         };
-        if self.fifo.get(&idx).is_some_and(VecDeque::is_empty) {
+        if !self.fifo.is_empty() && self.fifo.get(&idx).is_some_and(VecDeque::is_empty) {
             if let Some(q) = self.fifo.remove(&idx) {
                 self.spare_fifos.push(q);
             }
