@@ -99,7 +99,9 @@ mod tests {
         Codec::new(&config, "127.0.0.1:1".parse().unwrap(), 1)
     }
 
-    fn run(
+    /// Consumes `buf`; returns the result and whether it completed the
+    /// handshake.
+    fn consume(
         codec: &mut Codec,
         s: &mut ClientSession,
         fifo: Option<&mut VecDeque<u32>>,
@@ -107,7 +109,7 @@ mod tests {
         h: &mut Histos,
         buf: &[u8],
         now_us: u64,
-    ) -> Result<usize, ProtoError> {
+    ) -> (Result<usize, ProtoError>, bool) {
         let mut r = Replies {
             codec,
             session: s,
@@ -119,7 +121,20 @@ mod tests {
             connected: false,
             send: Vec::new(),
         };
-        r.consume(buf)
+        let result = r.consume(buf);
+        (result, r.connected)
+    }
+
+    fn run(
+        codec: &mut Codec,
+        s: &mut ClientSession,
+        fifo: Option<&mut VecDeque<u32>>,
+        c: &mut Counters,
+        h: &mut Histos,
+        buf: &[u8],
+        now_us: u64,
+    ) -> Result<usize, ProtoError> {
+        consume(codec, s, fifo, c, h, buf, now_us).0
     }
 
     #[test]
@@ -202,19 +217,18 @@ mod tests {
         );
         assert_eq!(used, Ok(0));
         assert!(s.handshaking());
-        let mut r = Replies {
-            codec: &mut codec,
-            session: &mut s,
-            sid: 0,
-            fifo: Some(&mut q),
-            counters: &mut c,
-            histos: &mut h,
-            now_us: 2_000,
-            connected: false,
-            send: Vec::new(),
-        };
-        assert_eq!(r.consume(&[0x20, 0x02, 0, 0, 0xD0, 0x00]), Ok(6));
-        assert!(r.connected);
+        let bytes = [0x20, 0x02, 0, 0, 0xD0, 0x00];
+        let (used, connected) = consume(
+            &mut codec,
+            &mut s,
+            Some(&mut q),
+            &mut c,
+            &mut h,
+            &bytes,
+            2_000,
+        );
+        assert_eq!(used, Ok(6));
+        assert!(connected);
         assert!(!s.handshaking());
         assert_eq!(c.heartbeats_answered, 1);
         assert_eq!(h.rtt.max(), 1_000);
