@@ -12,9 +12,11 @@ pub struct RunArgs {
     /// Scenario file (TOML, see loadgen/scenarios/); flags override it.
     #[arg(long)]
     pub scenario: Option<PathBuf>,
-    /// Server address; repeat for several ports or addresses.
-    #[arg(long = "target", value_name = "HOST:PORT")]
-    pub targets: Vec<SocketAddr>,
+    /// Server address; repeat for several ports or addresses. A host name
+    /// is resolved once, at start-up, to all its IPv4 addresses (a
+    /// Kubernetes headless Service: every server pod).
+    #[arg(long = "target", value_name = "HOST:PORT", value_parser = parse_target)]
+    pub targets: Vec<Target>,
     /// Sessions to open and hold [default: 1000].
     #[arg(long)]
     pub sessions: Option<u64>,
@@ -135,6 +137,63 @@ pub struct RunArgs {
     /// Internal: run as a child of a fanned-out run (config on stdin).
     #[arg(long, hide = true)]
     pub child: bool,
+}
+
+/// One `--target` as written: an address, or a host name that
+/// [`Target::resolve`] turns into addresses when the run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target(pub String);
+
+impl Target {
+    /// The addresses it names: one for an IP literal, every IPv4 address
+    /// of a host name (all its IPv6 ones when it has none), sorted so that
+    /// every shard of a run sees them in the same order.
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
+        let s = self.0.as_str();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+            .map_err(|e| format!("--target {s}: cannot resolve: {e}"))?
+            .collect();
+        let mut addrs: Vec<SocketAddr> = resolved
+            .iter()
+            .copied()
+            .filter(SocketAddr::is_ipv4)
+            .collect();
+        if addrs.is_empty() {
+            addrs = resolved;
+        }
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(format!("--target {s} resolves to no address"));
+        }
+        Ok(addrs)
+    }
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Target {
+        Target(addr.to_string())
+    }
+}
+
+/// `--target`: an address or `HOST:PORT` (resolved later).
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(Target(s.to_string()));
+    }
+    let bad = || format!("{s:?}: expected HOST:PORT, e.g. 127.0.0.1:7000 or server.example:7000");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(Target(s.to_string()))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

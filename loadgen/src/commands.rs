@@ -91,6 +91,30 @@ pub fn merge(out: &Path, dirs: &[PathBuf]) -> Result<i32> {
     Ok(0)
 }
 
+/// `c10m-loadgen hlog FILE`: the log's intervals added, one CSV row per
+/// recorded bucket.
+pub fn hlog(file: &Path) -> Result<i32> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, intervals) =
+        crate::rundir::read_hlog(&bytes).with_context(|| format!("reading {}", file.display()))?;
+    let mut total = crate::stats::Histos::new().rtt;
+    for i in &intervals {
+        total
+            .add(&i.histogram)
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", file.display()))?;
+    }
+    let mut out = String::from("value_us,count\n");
+    for v in total.iter_recorded() {
+        out.push_str(&format!(
+            "{},{}\n",
+            v.value_iterated_to(),
+            v.count_at_value()
+        ));
+    }
+    print!("{out}");
+    Ok(0)
+}
+
 /// Renders `dir`'s charts and results.md (after `report` printed its table).
 pub fn render(dir: &Path) -> Result<Vec<String>> {
     let run = RunDir::read(dir)?;

@@ -26,6 +26,7 @@ pub mod driver;
 pub mod fleet;
 pub mod hlog;
 pub mod host;
+pub mod k8s;
 pub mod merge;
 pub mod metrics;
 pub mod model;

@@ -43,6 +43,23 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         dirs: Vec<PathBuf>,
     },
+    /// Print the histogram of an interval log (every interval added) as
+    /// CSV: value_us (the bucket's highest equivalent value), count.
+    Hlog { file: PathBuf },
+    /// Kubernetes: print the objects of a distributed run.
+    K8s {
+        #[command(subcommand)]
+        command: K8sCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum K8sCommand {
+    /// Print the Namespace, results claim, server Deployment and headless
+    /// Service, the loadgen's Indexed Job (one shard per pod, one start
+    /// time) and the merge Job of a run: `c10m-loadgen k8s render --shards
+    /// 8 -- --sessions 1000000 --rate 50000 | kubectl apply -f -`.
+    Render(Box<c10m_loadgen::k8s::RenderArgs>),
 }
 
 fn report_command(dir: &std::path::Path, server_stats: Option<&std::path::Path>) -> Result<i32> {
@@ -92,6 +109,13 @@ fn main() {
             update_baseline,
         } => commands::regress(run_dir, baseline, *update_baseline),
         Command::Merge { out, dirs } => commands::merge(out, dirs),
+        Command::Hlog { file } => commands::hlog(file),
+        Command::K8s {
+            command: K8sCommand::Render(args),
+        } => c10m_loadgen::k8s::render(args, std::time::SystemTime::now()).map(|text| {
+            print!("{text}");
+            0
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -199,7 +199,17 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
     let sessions = sum("/sessions/target");
     s["config"]["sessions"] = json!(sessions);
     s["config"]["out"] = Value::Null;
+    s["config"]["shard"] = Value::Null;
     s["merged_from"] = json!(labels);
+    s["start"] = merge_start(runs);
+    match shards(runs) {
+        Some(v) => s["shards"] = v,
+        None => {
+            if let Some(obj) = s.as_object_mut() {
+                obj.remove("shards");
+            }
+        }
+    }
     s["duration_s"] = json!(fmax("/duration_s"));
     s["layout"] = json!({
         "procs": sum("/layout/procs"),
@@ -278,6 +288,81 @@ fn merge_summaries(runs: &[RunDir], out: &RunDir, labels: &[String], same_server
         }
     }
     s
+}
+
+/// The runs' starts: the earliest, how far apart they were, the latest
+/// against its `--start-at`.
+fn merge_start(runs: &[RunDir]) -> Value {
+    let epochs: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.summary.pointer("/start/epoch_unix_ms")?.as_f64())
+        .collect();
+    if epochs.len() != runs.len() {
+        return Value::Null;
+    }
+    let min = epochs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = epochs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let late: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.summary.pointer("/start/late_ms")?.as_f64())
+        .collect();
+    json!({
+        "epoch_unix_ms": min,
+        "spread_ms": ((max - min) * 1e3).round() / 1e3,
+        "late_ms_max": (late.len() == runs.len())
+            .then(|| late.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+    })
+}
+
+/// Which shards of a sharded run were merged: `None` for unsharded runs.
+/// A shard missing, given twice, or from a run of another size is named
+/// (and said on stderr): the merge is then not the whole run.
+pub fn shards(runs: &[RunDir]) -> Option<Value> {
+    let shard = |r: &RunDir| -> Option<(u64, u64, u64)> {
+        let s = r.summary.pointer("/config/shard")?;
+        Some((
+            s.get("index")?.as_u64()?,
+            s.get("count")?.as_u64()?,
+            s.get("total_sessions")?.as_u64()?,
+        ))
+    };
+    let seen: Vec<Option<(u64, u64, u64)>> = runs.iter().map(shard).collect();
+    let first = seen.iter().flatten().next().copied()?;
+    let (_, count, total) = first;
+    let mut present = BTreeMap::new();
+    let mut problems = Vec::new();
+    for s in &seen {
+        match s {
+            None => problems.push("an unsharded run is merged with shards".to_string()),
+            Some((_, c, t)) if (*c, *t) != (count, total) => problems.push(format!(
+                "shards of two runs: {count} x {total} sessions and {c} x {t}"
+            )),
+            Some((k, _, _)) => *present.entry(*k).or_insert(0u64) += 1,
+        }
+    }
+    let missing: Vec<u64> = (0..count).filter(|k| !present.contains_key(k)).collect();
+    let twice: Vec<u64> = present
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| *k)
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!("shard(s) {missing:?} of {count} missing"));
+    }
+    if !twice.is_empty() {
+        problems.push(format!("shard(s) {twice:?} given more than once"));
+    }
+    for p in &problems {
+        eprintln!("merge: not the whole run: {p}");
+    }
+    Some(json!({
+        "count": count,
+        "total_sessions": total,
+        "present": present.keys().collect::<Vec<_>>(),
+        "missing": missing,
+        "complete": problems.is_empty(),
+        "problems": problems,
+    }))
 }
 
 fn per_session(held: u64, base: u64, sessions: u64) -> Value {

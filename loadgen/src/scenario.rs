@@ -420,7 +420,11 @@ impl RunConfig {
         let targets = if args.targets.is_empty() {
             file.targets.clone().unwrap_or_default()
         } else {
-            args.targets.clone()
+            let mut all = Vec::new();
+            for t in &args.targets {
+                all.extend(t.resolve().map_err(anyhow::Error::msg)?);
+            }
+            all
         };
         let config = RunConfig {
             scenario: args.scenario.clone(),

@@ -163,3 +163,53 @@ fn one_server_measured_by_two_loadgens_is_not_counted_twice() {
     );
     assert_eq!(merged.summary["server"]["cpu_us_per_heartbeat"], json!(5.0));
 }
+
+fn shard_run(index: u64, count: u64, total: u64, epoch_ms: f64, late_ms: f64) -> RunDir {
+    RunDir {
+        summary: json!({
+            "config": {"sessions": total / count, "shard": {"index": index, "count": count, "total_sessions": total}},
+            "start": {"epoch_unix_ms": epoch_ms, "late_ms": late_ms},
+        }),
+        timeline: None,
+        start_unix_s: epoch_ms / 1e3,
+        hlogs: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn the_shards_merged_are_named_and_a_missing_or_doubled_one_is_not_the_whole_run() {
+    let whole = [
+        shard_run(0, 3, 300, 1_000.0, 2.0),
+        shard_run(1, 3, 300, 1_030.5, 4.5),
+        shard_run(2, 3, 300, 1_010.0, 3.0),
+    ];
+    let v = shards(&whole).expect("sharded");
+    assert_eq!(v["complete"], json!(true));
+    assert_eq!(v["present"], json!([0, 1, 2]));
+    let start = merge_start(&whole);
+    assert_eq!(start["spread_ms"], json!(30.5));
+    assert_eq!(start["epoch_unix_ms"], json!(1_000.0));
+    assert_eq!(start["late_ms_max"], json!(4.5));
+    let merged = merge(&whole, &["a".into(), "b".into(), "c".into()]);
+    assert_eq!(merged.summary["shards"]["complete"], json!(true));
+    assert_eq!(merged.summary["config"]["shard"], Value::Null);
+
+    let partial = [whole[0].clone(), whole[2].clone(), whole[2].clone()];
+    let v = shards(&partial).unwrap();
+    assert_eq!(v["complete"], json!(false));
+    assert_eq!(v["missing"], json!([1]));
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("[1] of 3 missing"), "{problems}");
+    assert!(problems.contains("[2] given more than once"), "{problems}");
+
+    let mixed = [whole[0].clone(), shard_run(1, 2, 300, 1_000.0, 0.0)];
+    let v = shards(&mixed).unwrap();
+    assert_eq!(v["complete"], json!(false));
+    assert!(v["problems"]
+        .to_string()
+        .contains("3 x 300 sessions and 2 x 300"));
+
+    let seconds: BTreeMap<u64, Second> = (1..=3).map(|t| (t, second(t, 1))).collect();
+    let unsharded = synthetic(1_000.0, 300, 300, &seconds);
+    assert!(shards(std::slice::from_ref(&unsharded)).is_none());
+}
