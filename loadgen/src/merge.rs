@@ -15,8 +15,9 @@
 //!   else the max) and `server_*` (the max when the runs measured the same
 //!   server process: one server is not several).
 //! - The server: runs that name the same `server.pid` measured one server,
-//!   so its RSS growth is divided by the sessions of every run and its CPU
-//!   by every run's heartbeats; different servers are summed.
+//!   so its RSS growth and PSS are divided by the sessions of every run and
+//!   its CPU by every run's heartbeats; different servers are summed. The
+//!   loadgens' PSS is summed and divided by every session (all-in).
 //! - `kernel{}` and `memory_per_connection{}` are host-wide and cannot be
 //!   added: they are dropped unless there is a single input.
 #![forbid(unsafe_code)]
@@ -400,7 +401,22 @@ fn merge_loadgen(runs: &[RunDir], sum: &dyn Fn(&str) -> u64) -> Value {
     };
     v["sessions_measured"] = json!(sessions);
     v["processes"] = json!(sum("/loadgen/processes"));
+    set_all_in(&mut v, sum("/loadgen/pss_bytes"), sessions);
     v
+}
+
+/// The all-in figure of a merged side: its PSS over every session of the
+/// merge (a run's own figure is over its share only).
+fn set_all_in(v: &mut Value, pss: u64, sessions: u64) {
+    if v.get("pss_bytes").is_none() {
+        return;
+    }
+    v["pss_bytes"] = json!(pss);
+    v["pss_bytes_per_session_all_in"] = if pss > 0 && sessions > 0 {
+        json!(round1(pss as f64 / sessions as f64))
+    } else {
+        Value::Null
+    };
 }
 
 fn merge_server(runs: &[RunDir], same_server: bool, sum: &dyn Fn(&str) -> u64) -> Value {
@@ -414,16 +430,18 @@ fn merge_server(runs: &[RunDir], same_server: bool, sum: &dyn Fn(&str) -> u64) -
     };
     let sessions = sum("/loadgen/sessions_measured");
     let heartbeats = sum("/server/heartbeats_in_window");
-    let (held, base, cpu) = if same_server {
+    let (held, base, pss, cpu) = if same_server {
         (
             u(first, "rss_bytes"),
             u(first, "rss_baseline_bytes"),
+            u(first, "pss_bytes"),
             cpu_us(first),
         )
     } else {
         (
             sum("/server/rss_bytes"),
             sum("/server/rss_baseline_bytes"),
+            sum("/server/pss_bytes"),
             runs.iter().map(|r| cpu_us(&r.summary["server"])).sum(),
         )
     };
@@ -431,6 +449,7 @@ fn merge_server(runs: &[RunDir], same_server: bool, sum: &dyn Fn(&str) -> u64) -
     v["rss_bytes"] = json!(held);
     v["rss_baseline_bytes"] = json!(base);
     v["rss_bytes_per_session"] = per_session(held, base, sessions);
+    set_all_in(&mut v, pss, sessions);
     v["heartbeats_in_window"] = json!(heartbeats);
     v["cpu_us_per_heartbeat"] = json!(if heartbeats > 0 {
         round1(cpu / heartbeats as f64)

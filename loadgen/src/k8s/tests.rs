@@ -205,58 +205,39 @@ fn an_external_server_node_init_and_io_uring_change_what_they_say() {
 
 #[test]
 fn bad_requests_are_refused_with_the_fix() {
-    let run = ["--", "--sessions", "1000"];
-    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec!["--start-at", START];
-        v.extend_from_slice(extra);
-        v
-    }
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (with(&["--shards", "0"]), "expected 1 to 10000 pods"),
-        (with(&["--shards", "2", "--name", "Big_Run"]), "DNS label"),
+    // (flags after `--start-at START`, what the error says); flags without
+    // `--` get `-- --sessions 1000`.
+    let cases = [
+        ("--shards 0", "expected 1 to 10000 pods"),
+        ("--shards 2 --name Big_Run", "DNS label"),
+        ("--shards 2 --server-replicas 0", "name one with --target"),
+        ("--shards 2 --target a:1", "add --server-replicas 0"),
         (
-            with(&["--shards", "2", "--server-replicas", "0"]),
-            "name one with --target",
-        ),
-        (
-            with(&["--shards", "2", "--target", "a:1"]),
-            "add --server-replicas 0",
-        ),
-        (
-            with(&["--shards", "2", "--", "--target", "127.0.0.1:7000"]),
+            "--shards 2 -- --target 127.0.0.1:7000",
             "set --target, which the render sets",
         ),
+        ("--shards 2 -- --out x", "set --out, which the render sets"),
         (
-            with(&["--shards", "2", "--", "--out", "x"]),
-            "set --out, which the render sets",
-        ),
-        (
-            with(&["--shards", "2", "--", "--shard", "0/2"]),
+            "--shards 2 -- --shard 0/2",
             "set --shard, which the render sets",
         ),
+        ("--shards 2 -- --rate 0", "--rate must be a positive number"),
+        ("--shards 2 -- --sesions 5", "the run flags after --"),
         (
-            with(&["--shards", "2", "--", "--rate", "0"]),
-            "--rate must be a positive number",
-        ),
-        (
-            with(&["--shards", "2", "--", "--sesions", "5"]),
-            "the run flags after --",
-        ),
-        (
-            with(&["--shards", "2", "--", "--scenario", "/tmp/x.toml"]),
+            "--shards 2 -- --scenario /tmp/x.toml",
             "name a shipped scenario",
         ),
         (
-            with(&["--shards", "4", "--", "--sessions", "1000000"]),
+            "--shards 4 -- --sessions 1000000",
             "raise --shards to 16 or --server-replicas to 4",
         ),
     ];
-    for (argv, want) in cases {
-        let argv: Vec<&str> = if argv.contains(&"--") {
-            argv
-        } else {
-            argv.iter().copied().chain(run).collect()
-        };
+    for (flags, want) in cases {
+        let mut argv = vec!["--start-at", START];
+        argv.extend(flags.split_whitespace());
+        if !argv.contains(&"--") {
+            argv.extend(["--", "--sessions", "1000"]);
+        }
         let e = render_err(&argv);
         assert!(e.contains(want), "{argv:?}: {e}");
     }

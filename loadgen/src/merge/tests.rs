@@ -153,10 +153,24 @@ fn one_server_measured_by_two_loadgens_is_not_counted_twice() {
     for _ in 0..2 {
         let mut r = synthetic(100.0, 1000, 1000, &seconds);
         r.summary["server"] = json!({"pid": 7, "rss_bytes": 2_064_000, "rss_baseline_bytes": 2_000_000,
-            "rss_bytes_per_session": 64.0, "cpu_us_per_heartbeat": 10.0, "heartbeats_in_window": 500});
+            "rss_bytes_per_session": 64.0, "cpu_us_per_heartbeat": 10.0, "heartbeats_in_window": 500,
+            "pss_bytes": 3_000_000, "pss_bytes_per_session_all_in": 3000.0});
+        r.summary["loadgen"]["pss_bytes"] = json!(1_000_000);
+        r.summary["loadgen"]["pss_bytes_per_session_all_in"] = json!(1000.0);
         runs.push(r);
     }
     let merged = merge(&runs, &[]);
+    // All-in: one server's PSS over both runs' sessions; the two
+    // loadgens' PSS added, over the same.
+    assert_eq!(
+        merged.summary["server"]["pss_bytes_per_session_all_in"],
+        json!(1500.0)
+    );
+    assert_eq!(merged.summary["loadgen"]["pss_bytes"], json!(2_000_000));
+    assert_eq!(
+        merged.summary["loadgen"]["pss_bytes_per_session_all_in"],
+        json!(1000.0)
+    );
     assert_eq!(
         merged.summary["server"]["rss_bytes_per_session"],
         json!(32.0)
