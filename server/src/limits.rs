@@ -162,9 +162,8 @@ pub fn layout(
             )
         }
         Descriptors::Auto => {
-            let fits = max_sessions.map_or(true, |m| {
-                m <= session_capacity(nofile, workers, Descriptors::Plain)
-            });
+            let fits = max_sessions
+                .is_none_or(|m| m <= session_capacity(nofile, workers, Descriptors::Plain));
             match (fits, uring) {
                 (true, _) => (Descriptors::Plain, "auto:fits-process-table"),
                 (false, true) => (Descriptors::Direct, "auto:over-process-table,io_uring"),

@@ -150,7 +150,7 @@ impl AcceptFailures {
     fn record(&mut self, error: &std::io::Error, now: Instant) {
         let due = self
             .last_logged
-            .map_or(true, |last| now.duration_since(last) >= ACCEPT_LOG_INTERVAL);
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_LOG_INTERVAL);
         if !due {
             self.unlogged += 1;
             return;
