@@ -20,6 +20,14 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(parse_start_at(START).unwrap() - 120_000)
 }
 
+/// `flags` split at spaces, `START` standing for the start time.
+fn split(flags: &str) -> Vec<&str> {
+    flags
+        .split_whitespace()
+        .map(|f| if f == "START" { START } else { f })
+        .collect()
+}
+
 fn render_err(argv: &[&str]) -> String {
     match objects(&args(argv), now()) {
         Ok(_) => panic!("{argv:?} rendered"),
@@ -45,25 +53,9 @@ fn command(container: &Value) -> Vec<String> {
 
 #[test]
 fn the_job_is_indexed_with_one_shard_per_pod_one_start_and_the_servers_name() {
-    let a = args(&[
-        "--name",
-        "big",
-        "--shards",
-        "8",
-        "--server-replicas",
-        "2",
-        "--start-at",
-        START,
-        "--",
-        "--sessions",
-        "1000000",
-        "--rate",
-        "50000",
-        "--heartbeat",
-        "30s",
-        "--hold",
-        "10m",
-    ]);
+    let a = args(&split(
+        "--name big --shards 8 --server-replicas 2 --start-at START -- --sessions 1000000 --rate 50000 --heartbeat 30s --hold 10m",
+    ));
     let objects = objects(&a, now()).unwrap();
     let kinds: Vec<&str> = objects
         .iter()
@@ -160,23 +152,9 @@ fn the_job_is_indexed_with_one_shard_per_pod_one_start_and_the_servers_name() {
 
 #[test]
 fn an_external_server_node_init_and_io_uring_change_what_they_say() {
-    let a = args(&[
-        "--shards",
-        "2",
-        "--server-replicas",
-        "0",
-        "--target",
-        "redis.prod-like:6379",
-        "--node-init",
-        "--io-uring",
-        "--results-claim",
-        "shared",
-        "--start-at",
-        START,
-        "--",
-        "--sessions",
-        "20000",
-    ]);
+    let a = args(&split(
+        "--shards 2 --server-replicas 0 --target redis.prod-like:6379 --node-init --io-uring --results-claim shared --start-at START -- --sessions 20000",
+    ));
     let objects = objects(&a, now()).unwrap();
     assert!(objects
         .iter()
@@ -296,68 +274,24 @@ h: " leading space\nx"
 #[test]
 fn the_committed_examples_are_what_render_prints() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
-    let examples: [(&str, &[&str]); 2] = [
+    let examples: [(&str, &str); 2] = [
         (
             "million.yaml",
-            &[
-                "--name",
-                "million",
-                "--shards",
-                "8",
-                "--server-replicas",
-                "2",
-                "--start-at",
-                START,
-                "--",
-                "--sessions",
-                "1000000",
-                "--rate",
-                "50000",
-                "--heartbeat",
-                "30s",
-                "--hold",
-                "10m",
-                "--expect-sessions",
-                "1000000",
-                "--max-errors",
-                "0",
-            ],
+            "--name million --shards 8 --server-replicas 2 --start-at START -- --sessions 1000000 --rate 50000 --heartbeat 30s --hold 10m --expect-sessions 1000000 --max-errors 0",
         ),
         (
             "own-server.yaml",
-            &[
-                "--name",
-                "redis-200k",
-                "--shards",
-                "4",
-                "--server-replicas",
-                "0",
-                "--target",
-                "redis.cache.svc.cluster.local:6379",
-                "--node-init",
-                "--start-at",
-                START,
-                "--",
-                "--sessions",
-                "200000",
-                "--rate",
-                "10000",
-                "--heartbeat",
-                "60s",
-                "--hold",
-                "5m",
-                "--protocol",
-                "resp",
-            ],
+            "--name redis-200k --shards 4 --server-replicas 0 --target redis.cache.svc.cluster.local:6379 --node-init --start-at START -- --sessions 200000 --rate 10000 --heartbeat 60s --hold 5m --protocol resp",
         ),
     ];
     let update = std::env::var_os("C10M_UPDATE_EXAMPLES").is_some();
-    for (file, argv) in examples {
+    for (file, flags) in examples {
+        let argv = split(flags);
         let text = format!(
             "# c10m-loadgen k8s render {} (rendered 2 minutes before its start: render \
              your own, the start time is fixed at render time)\n{}",
             argv.join(" "),
-            render(&args(argv), now()).unwrap()
+            render(&args(&argv), now()).unwrap()
         );
         let path = dir.join(file);
         if update {
