@@ -32,6 +32,13 @@ impl Admission {
         true
     }
 
+    /// Counts sessions carried over from another process (a zero-downtime
+    /// upgrade): they were admitted there, so the cap does not refuse
+    /// them here; it only counts them.
+    pub fn adopt(&self, sessions: u64) {
+        self.open.fetch_add(sessions, Ordering::Relaxed);
+    }
+
     /// Gives back the slot of a closed session.
     pub fn release(&self) {
         self.open.fetch_sub(1, Ordering::Relaxed);

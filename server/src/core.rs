@@ -123,6 +123,21 @@ impl Counters {
     }
 }
 
+/// A session's state as it travels to another server process in a
+/// zero-downtime upgrade (see [`crate::handoff`]): everything but its
+/// socket, which goes alongside, and its keys, which are worker-local.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Ticks of its idle timeout left.
+    pub idle_left: u32,
+    /// Ticks since its partial frame began (meaningful with `input`).
+    pub frame_age: u32,
+    /// A partial frame: bytes read from the socket, not yet a request.
+    pub input: Vec<u8>,
+    /// Replies the socket did not take yet (the session is write-blocked).
+    pub output: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
     pub max_frame: usize,
@@ -336,6 +351,55 @@ impl<H> SessionCore<H> {
         self.spill.release(&mut session.spill);
         self.counters.closed[reason as usize] += 1;
         session.handle
+    }
+
+    /// The state of a session to carry to another process (it stays open
+    /// here: the hand-off may yet fail, and then this worker serves on).
+    pub fn export(&mut self, key: u32, now: u32) -> Carried {
+        let idle_left = self.wheel.left(&mut self.table, key, now);
+        let spill = self.table.get(key).spill;
+        let (input, since) = self.spill.input(spill);
+        Carried {
+            idle_left,
+            frame_age: if input.is_empty() {
+                0
+            } else {
+                now.wrapping_sub(since).min(u32::MAX / 4)
+            },
+            input: input.to_vec(),
+            output: self.spill.output(spill).to_vec(),
+        }
+    }
+
+    /// Takes in a session carried from another process: its idle deadline,
+    /// its partial frame (whose frame timeout keeps running from its first
+    /// byte) and its unwritten replies (the session starts write-blocked).
+    /// Not counted as accepted. A `Close` verdict (the spill budget cannot
+    /// hold its bytes) means: close it, as for any overflow.
+    pub fn adopt(&mut self, handle: H, now: u32, carried: &Carried) -> (Token, Verdict) {
+        let token = self.table.insert(handle);
+        let key = token.key();
+        self.wheel
+            .insert_with(&mut self.table, key, now, carried.idle_left);
+        let session = self.table.get_mut(key);
+        let since = now.wrapping_sub(carried.frame_age);
+        let mut fits = self
+            .spill
+            .put_input(&mut session.spill, key, &carried.input, since)
+            .is_ok();
+        if !carried.output.is_empty() {
+            session.flags |= WRITE_BLOCKED;
+            fits &= self
+                .spill
+                .push_output(&mut session.spill, &carried.output)
+                .is_ok();
+        }
+        let verdict = if fits {
+            Verdict::Open
+        } else {
+            Verdict::Close(CloseReason::Overflow)
+        };
+        (token, verdict)
     }
 
     /// Keys of every open session (for shutdown).

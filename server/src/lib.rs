@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod core;
+pub mod handoff;
 pub mod lag;
 pub mod limits;
 pub mod listen;
@@ -20,5 +21,6 @@ pub mod stats;
 pub mod supervisor;
 pub mod sys;
 pub mod table;
+pub mod upgrade;
 pub mod wheel;
 pub mod wire;

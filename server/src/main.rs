@@ -171,6 +171,60 @@ struct Cli {
     /// instead of refusing it as in use (used by --procs children).
     #[arg(long, hide = true)]
     join: bool,
+
+    /// Take over the listeners and every session of the running server
+    /// with this pid (a zero-downtime upgrade: `c10m-server upgrade` and
+    /// SIGUSR2 start the new binary with it).
+    #[arg(long, hide = true, value_name = "PID")]
+    takeover: Option<u32>,
+}
+
+/// `c10m-server upgrade --pid P`: starts a new c10m-server binary that
+/// takes over P's listeners and every established session (its socket,
+/// idle deadline, partial frame and unwritten replies), then P exits.
+/// No client is disconnected. If the new binary fails before it has taken
+/// everything, P serves on and nothing is lost. SIGUSR2 to P does the same
+/// without waiting for the outcome.
+#[derive(Debug, Parser)]
+#[command(name = "c10m-server upgrade")]
+struct UpgradeCli {
+    /// The running server (or --procs supervisor) to upgrade.
+    #[arg(long)]
+    pid: u32,
+
+    /// The new binary [default: the path P was started from, which now
+    /// names whatever was installed there since].
+    #[arg(long)]
+    binary: Option<PathBuf>,
+
+    /// How long to wait for the outcome.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// Runs `c10m-server upgrade …`.
+fn upgrade_main(args: impl Iterator<Item = std::ffi::OsString>) -> ! {
+    let cli = UpgradeCli::parse_from(args);
+    let binary = cli.binary.map(|b| std::path::absolute(&b).unwrap_or(b));
+    if let Some(b) = &binary {
+        if !b.is_file() {
+            eprintln!(
+                "c10m-server upgrade: --binary {}: no such file",
+                b.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    match c10m_server::upgrade::request(cli.pid, binary, cli.timeout) {
+        Ok(message) => {
+            println!("c10m-server upgrade: pid {}: {message}", cli.pid);
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("c10m-server upgrade: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn parse_procs(s: &str) -> Result<Procs, String> {
@@ -301,11 +355,20 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         uring_turn_max: cli.uring_turn_max,
         descriptors: cli.descriptors,
         workers_given: cli.workers.is_some(),
+        takeover: cli.takeover,
     })
 }
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "upgrade") {
+        upgrade_main(
+            std::env::args_os()
+                .take(1)
+                .chain(std::env::args_os().skip(2)),
+        );
+    }
     let cli = Cli::parse();
+    let taking_over = cli.takeover.is_some();
     let procs = cli.procs.filter(|p| *p != Procs::Count(1));
     let workers = cli.workers;
     let (metrics, profile) = (cli.metrics, cli.profile.clone());
@@ -313,8 +376,13 @@ fn main() {
     let result = supervisor::bind_to_supervisor()
         .and_then(|()| {
             if let Some(addr) = metrics {
-                c10m_server::metrics::install(addr, "c10m-server")
-                    .with_context(|| format!("--metrics {addr}"))?;
+                if taking_over {
+                    // The old process holds the port until it exits.
+                    c10m_server::metrics::install_when_free(addr, "c10m-server");
+                } else {
+                    c10m_server::metrics::install(addr, "c10m-server")
+                        .with_context(|| format!("--metrics {addr}"))?;
+                }
             }
             profiler = profile.as_deref().map(Profiler::start).transpose()?;
             Ok(())

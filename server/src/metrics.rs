@@ -143,6 +143,31 @@ pub fn install(addr: SocketAddr, role: &str) -> io::Result<()> {
         .map_err(|_| io::Error::other("--metrics started twice"))
 }
 
+/// [`install`] for a process taking over from another (an upgrade): the
+/// old process holds the port until it exits, so a thread retries every
+/// 50 ms for up to a minute, then says why it gave up.
+pub fn install_when_free(addr: SocketAddr, role: &str) {
+    let role = role.to_string();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match install(addr, &role) {
+                Ok(()) => return,
+                Err(e)
+                    if e.kind() == io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    eprintln!("{role}: --metrics {addr}: {e}; serving without metrics");
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// Publishes `report()` when `--metrics` is on and the page is due; else
 /// does nothing (and does not call `report`).
 pub fn publish_with(report: impl FnOnce() -> Report) {

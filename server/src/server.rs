@@ -14,6 +14,7 @@ use crate::listen::bind_listeners;
 use crate::shed::AcceptGate;
 use crate::stats::{ProcessUsage, Report, WorkerStats};
 use crate::sys::{self, AdmissionControl, RunningWorker, WorkerSetup};
+use crate::upgrade;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -76,6 +77,9 @@ pub struct ServerConfig {
     /// Most completions an io_uring turn takes (hidden flag; default
     /// [`sys::uring::TURN_MAX`]).
     pub uring_turn_max: usize,
+    /// Take over the listeners and sessions of this running server
+    /// process (a zero-downtime upgrade; see [`crate::handoff`]).
+    pub takeover: Option<u32>,
 }
 
 /// How the periodic stats line is printed.
@@ -169,12 +173,40 @@ fn resolve_layout(
     Ok((selected, layout, buffers))
 }
 
-/// Runs the server until SIGINT/SIGTERM. Returns the final report.
-pub fn run(config: ServerConfig) -> Result<Report> {
+/// Runs the server until SIGINT/SIGTERM, or until it has handed every
+/// session to a new process (SIGUSR2, `c10m-server upgrade`). Returns the
+/// final report.
+pub fn run(mut config: ServerConfig) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    let relaunch = upgrade::Relaunch::from_env()?;
+    let upgrades = upgrade::Upgrades::listen()?;
+    let mut takeover = config
+        .takeover
+        .map(upgrade::Takeover::connect)
+        .transpose()?;
+    if let Some(t) = &takeover {
+        // The old process's workers each bring their sessions to one of ours.
+        config.workers = t.workers;
+        config.workers_given = true;
+    }
+    let result = serve(&config, stop, &relaunch, &upgrades, &mut takeover);
+    if let (Err(e), Some(t)) = (&result, &takeover) {
+        t.abort(&format!("{e:#}"));
+    }
+    result
+}
+
+fn serve(
+    config: &ServerConfig,
+    stop: Arc<AtomicBool>,
+    relaunch: &upgrade::Relaunch,
+    upgrades: &upgrade::Upgrades,
+    takeover: &mut Option<upgrade::Takeover>,
+) -> Result<Report> {
+    let config = config.clone();
     let selected = sys::select(config.backend, sys::uring::probe)?;
     if let Some(missing) = &selected.fallback {
         eprintln!("c10m-server: io_uring unavailable, using epoll: {missing}");
@@ -203,7 +235,22 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         eprintln!("c10m-server: {warning}");
     }
 
-    let (listeners, bound) = bind_listeners(config.listen, n_workers, config.backlog, config.join)?;
+    let (listeners, bound) = match takeover.as_mut() {
+        Some(t) if t.workers != n_workers => bail!(
+            "the old process has {} workers, this layout {n_workers}",
+            t.workers
+        ),
+        Some(t) => (std::mem::take(&mut t.listeners), t.bound),
+        None => bind_listeners(config.listen, n_workers, config.backlog, config.join)?,
+    };
+    // Duplicates for a hand-off's offer (workers with tables of their own
+    // keep theirs out of this thread's reach).
+    let listener_dups: Vec<OwnedFd> = listeners
+        .iter()
+        .map(|l| l.as_fd().try_clone_to_owned())
+        .collect::<std::io::Result<_>>()
+        .context("duplicating the listeners")?;
+    let ports: Vec<Arc<crate::handoff::Port>> = (0..n_workers).map(|_| Arc::default()).collect();
     let admission = Arc::new(Admission::new(max_sessions));
     let tick = tick_for(config.idle_timeout.min(config.frame_timeout));
     let core = CoreConfig {
@@ -253,12 +300,23 @@ pub fn run(config: ServerConfig) -> Result<Report> {
                 .then(|| limits::direct_slots(&nofile)),
             direct_rings: layout.rings,
             private_table: layout.descriptors == limits::Descriptors::Thread,
+            handoff: ports[id].clone(),
+            takeover: takeover.as_ref().map(|t| t.listener.clone()),
         };
         workers.push(sys::spawn(selected.backend, setup).context("starting a worker")?);
     }
     // Let the workers allocate their buffers before the baseline reading.
     std::thread::sleep(Duration::from_millis(50));
     let baseline = ProcessUsage::read().rss_bytes;
+    if let Some(t) = takeover.as_ref() {
+        let moved = t.finish(&ports)?;
+        println!(
+            "c10m-server: took over {} from pid {} in {} ms",
+            moved.what(),
+            moved.pid,
+            moved.elapsed.as_millis()
+        );
+    }
     let started = Instant::now();
     announce_listening(
         &config,
@@ -314,7 +372,21 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     let mut last: Option<Report> = None;
     let mut next_line = started + config.stats_interval;
     let mut failure = None;
+    let mut handed_off = None;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(request) = upgrades.poll() {
+            let offer: Vec<_> = listener_dups.iter().map(|l| l.as_fd()).collect();
+            let peers = Peers {
+                workers: &workers,
+                ports: &ports,
+                listeners: &offer,
+                bound,
+            };
+            if let Some(moved) = upgrade_on(request, relaunch, upgrades, &peers) {
+                handed_off = Some(moved);
+                break;
+            }
+        }
         // Wake for the next stats line, else every 100 ms (a stop, a dead
         // worker, the overload signal's 250 ms reads): under --procs, 50
         // children waking every 20 ms were 2 500 idle wake-ups a second.
@@ -349,9 +421,12 @@ pub fn run(config: ServerConfig) -> Result<Report> {
     }
 
     // Stop: every worker stops accepting, closes its sessions, publishes.
-    stop.store(true, Ordering::Relaxed);
-    for w in &workers {
-        let _ = (w.wake)();
+    // After a hand-off they have stopped already, closing nothing.
+    if handed_off.is_none() {
+        stop.store(true, Ordering::Relaxed);
+        for w in &workers {
+            let _ = (w.wake)();
+        }
     }
     for w in workers {
         match w.thread.join() {
@@ -372,6 +447,90 @@ pub fn run(config: ServerConfig) -> Result<Report> {
         bail!(e);
     }
     Ok(final_report)
+}
+
+/// The old process's side of a hand-off: what it hands over.
+struct Peers<'a> {
+    workers: &'a [RunningWorker],
+    ports: &'a [Arc<crate::handoff::Port>],
+    listeners: &'a [std::os::fd::BorrowedFd<'a>],
+    bound: SocketAddr,
+}
+
+/// Serves an upgrade request: `Some` when every session now belongs to the
+/// new process (this one then exits), `None` when this one serves on.
+fn upgrade_on(
+    request: upgrade::Request,
+    relaunch: &upgrade::Relaunch,
+    upgrades: &upgrade::Upgrades,
+    peers: &Peers<'_>,
+) -> Option<upgrade::Moved> {
+    let give = |conn: &OwnedFd, pid: u32| {
+        upgrade::hand_off(
+            conn,
+            pid,
+            peers.workers,
+            peers.ports,
+            peers.listeners,
+            peers.bound,
+        )
+    };
+    let (outcome, reply) = match request {
+        upgrade::Request::Spawn { reply, .. }
+            if std::env::var_os(crate::supervisor::SUPERVISOR_PID_ENV).is_some() =>
+        {
+            let e = anyhow::anyhow!(
+                "this is a child of a c10m-server supervisor: upgrade the supervisor, \
+                 which upgrades its children one at a time"
+            );
+            eprintln!("c10m-server: upgrade refused: {e}");
+            upgrade::answer(reply.as_ref(), &Err(e));
+            return None;
+        }
+        upgrade::Request::Spawn { binary, reply } => {
+            eprintln!(
+                "c10m-server: upgrade: starting {}",
+                binary.as_ref().unwrap_or(&relaunch.exe).display()
+            );
+            let outcome = relaunch.spawn(binary.as_ref()).and_then(|mut child| {
+                let pid = child.id();
+                let moved = upgrades
+                    .wait_hello(&mut child)
+                    .and_then(|conn| give(&conn, pid));
+                if moved.is_err() {
+                    // Told to stop (or dead already): reap it.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                moved
+            });
+            (outcome, reply)
+        }
+        upgrade::Request::Takeover { conn, pid } => (give(&conn, pid), None),
+    };
+    let said = outcome.as_ref().map(|m| {
+        format!(
+            "handed off {} to pid {} in {} ms",
+            m.what(),
+            m.pid,
+            m.elapsed.as_millis()
+        )
+    });
+    match &said {
+        Ok(message) => println!("c10m-server: {message}; exiting"),
+        Err(e) => eprintln!("c10m-server: upgrade failed, every session still served here: {e:#}"),
+    }
+    flush_stdout();
+    let said = said.map_err(|e| {
+        anyhow::anyhow!(
+            "upgrade failed, pid {} serves on: {e:#}",
+            std::process::id()
+        )
+    });
+    upgrade::answer(reply.as_ref(), &said);
+    outcome.ok()
 }
 
 /// The start-up line tests and scripts read the bound address from:

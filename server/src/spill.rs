@@ -134,6 +134,15 @@ impl SpillArea {
         Ok(())
     }
 
+    /// The held partial frame (empty if none) and the tick it began.
+    pub fn input(&self, index: u32) -> (&[u8], u32) {
+        if index == crate::table::NO_SPILL {
+            return (&[], 0);
+        }
+        let e = &self.entries[index as usize];
+        (&e.input, e.input_since)
+    }
+
     /// Replies waiting to be written (empty if none).
     pub fn output(&self, index: u32) -> &[u8] {
         if index == crate::table::NO_SPILL {

@@ -555,6 +555,7 @@ mod tests {
             uring_turn_max: crate::sys::uring::TURN_MAX,
             descriptors: Default::default(),
             workers_given: false,
+            takeover: None,
         }
     }
 

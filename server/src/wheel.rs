@@ -106,6 +106,25 @@ impl DeadlineWheel {
         self.len += 1;
     }
 
+    /// Links a key carried over from another process (a zero-downtime
+    /// upgrade) with `left` ticks of its idle timeout to go (at most the
+    /// timeout, at least 1: a session due now expires at the next tick).
+    pub fn insert_with<L: Links>(&mut self, links: &mut L, key: u32, now: u32, left: u32) {
+        let deadline = now.wrapping_add(left.clamp(1, self.timeout));
+        self.push(links, key, deadline);
+        self.len += 1;
+    }
+
+    /// Ticks from `now` until a key is due (0 when due already).
+    pub fn left<L: Links>(&self, links: &mut L, key: u32, now: u32) -> u32 {
+        let left = links.link(key).deadline.wrapping_sub(now);
+        if left > u32::MAX / 2 {
+            0
+        } else {
+            left
+        }
+    }
+
     /// Moves a key's deadline to `timeout` ticks after `now`.
     pub fn touch<L: Links>(&mut self, links: &mut L, key: u32, now: u32) {
         let deadline = now.wrapping_add(self.timeout);

@@ -151,3 +151,72 @@ fn a_session_both_idle_and_slow_is_closed_once() {
     c.expire(3, &mut due);
     assert_eq!(due, [(key, CloseReason::Evicted)]);
 }
+
+#[test]
+fn a_carried_session_keeps_its_deadlines_partial_frame_and_replies() {
+    let mut old = core(10, 1024);
+    let key = old.open(7, 0).key();
+    let mut out = Vec::new();
+    // A partial frame begun at tick 2, replies the socket did not take.
+    assert_eq!(old.ingest(key, 2, b"PING\r\nPI", &mut out), Verdict::Open);
+    assert_eq!(old.after_write(key, &out, 3), Verdict::Open);
+    let carried = old.export(key, 4);
+    assert_eq!(carried.idle_left, 8, "touched at 2, 10 ticks of timeout");
+    assert_eq!(carried.frame_age, 2);
+    assert_eq!(carried.input, b"PI");
+    assert_eq!(carried.output, b"NG\r\n");
+    assert_eq!(old.sessions(), 1, "exporting does not close it");
+
+    // The new process's clock starts elsewhere: tick 100.
+    let mut new = SessionCore::new(
+        CoreConfig {
+            max_frame: 64,
+            idle_timeout_ticks: 10,
+            frame_timeout_ticks: 3,
+            spill_budget: 1024,
+            capacity: 16,
+        },
+        100,
+    );
+    let (token, verdict) = new.adopt(7, 100, &carried);
+    assert_eq!(verdict, Verdict::Open);
+    let key = token.key();
+    assert!(new.is_write_blocked(key));
+    assert_eq!(new.pending_output(key), b"NG\r\n");
+    assert_eq!(new.counters.accepted, 0, "carried, not accepted");
+    // The frame began 2 ticks before the hand-off: its 3-tick timeout
+    // fires at 101, not 103.
+    let mut due = Vec::new();
+    new.expire(101, &mut due);
+    assert_eq!(due, [(key, CloseReason::FrameTimeout)]);
+    // The rest of the frame completes it, behind the waiting replies.
+    assert!(new.flushed(key, 4));
+    out.clear();
+    assert_eq!(new.ingest(key, 101, b"NG\r\n", &mut out), Verdict::Open);
+    assert_eq!(out, b"+PONG\r\n");
+
+    // An idle one keeps its remaining idle time: due at 100 + 8.
+    let idle = old.open(8, 4).key();
+    let c = old.export(idle, 6);
+    assert_eq!((c.idle_left, c.input.len(), c.output.len()), (8, 0, 0));
+    let (t, _) = new.adopt(8, 100, &c);
+    due.clear();
+    new.expire(107, &mut due);
+    assert!(!due.iter().any(|d| d.0 == t.key()));
+    new.expire(108, &mut due);
+    assert!(due.contains(&(t.key(), CloseReason::Evicted)));
+}
+
+#[test]
+fn a_carried_session_over_the_spill_budget_is_closed_as_overflow() {
+    let mut new = core(10, 4);
+    let carried = Carried {
+        idle_left: 5,
+        output: b"+PONG\r\n".to_vec(),
+        ..Carried::default()
+    };
+    assert_eq!(
+        new.adopt(1, 0, &carried).1,
+        Verdict::Close(CloseReason::Overflow)
+    );
+}

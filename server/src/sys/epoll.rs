@@ -23,6 +23,7 @@ use super::{
     is_resource_exhaustion, pin_worker, RunningWorker, TickClock, WorkerSetup, ACCEPT_PAUSE,
 };
 use crate::core::{CloseReason, SessionCore, Verdict};
+use crate::handoff;
 use crate::stats::WorkerStats;
 use crate::table::Token;
 use mio::unix::SourceFd;
@@ -54,7 +55,9 @@ pub fn spawn(setup: WorkerSetup) -> io::Result<RunningWorker> {
         if setup.private_table {
             // The waker's eventfd stays in the spawning thread's table (it
             // writes it); its registration lives in the epoll instance.
-            super::private_fd_table(&[setup.listener.as_raw_fd(), poll.as_raw_fd()])?;
+            let mut keep = setup.kept_fds();
+            keep.push(poll.as_raw_fd());
+            super::private_fd_table(&keep)?;
         }
         Worker::new(setup, poll)?.run()
     })?;
@@ -68,6 +71,8 @@ struct Worker {
     poll: Poll,
     events: Events,
     state: State,
+    /// A process taking over: where the old worker comes (see [`handoff`]).
+    takeover: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Everything but the poll and its event buffer, so events can be read
@@ -87,6 +92,8 @@ struct State {
     due: Vec<(u32, CloseReason)>,
     accept_more: bool,
     accept_paused_until: Option<Instant>,
+    id: usize,
+    handoff: Arc<handoff::Port>,
 }
 
 impl Worker {
@@ -115,14 +122,20 @@ impl Worker {
                 out: Vec::with_capacity(SCRATCH),
                 requeued: Vec::new(),
                 due: Vec::new(),
-                accept_more: true,
+                accept_more: setup.takeover.is_none(),
                 accept_paused_until: None,
+                id: setup.id,
+                handoff: setup.handoff,
             },
+            takeover: setup.takeover,
         })
     }
 
     fn run(mut self) -> io::Result<()> {
         let s = &mut self.state;
+        if let Some(listener) = self.takeover.take() {
+            s.take_over(&listener)?;
+        }
         loop {
             let timeout = s.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
@@ -146,6 +159,9 @@ impl Worker {
             }
             s.expire(now);
             s.publish();
+            if s.handoff.requested() && s.hand_off(now) {
+                return Ok(()); // the new process serves every session now
+            }
             if s.stop.load(Ordering::Relaxed) {
                 s.shutdown();
                 return Ok(());
@@ -345,6 +361,125 @@ impl State {
         // Closing the descriptor removes it from the epoll set.
         drop(self.core.close(key, reason));
         self.control.release();
+    }
+
+    /// Old process: sends every session to the new process's worker named
+    /// in the request, then waits for the main thread's verdict. True when
+    /// the new process serves them (this worker then stops, dropping its
+    /// references: nothing is closed for the client); false when this
+    /// worker serves on (the hand-off failed somewhere: nothing was lost,
+    /// and events that arrived meanwhile wait in the epoll instance).
+    fn hand_off(&mut self, now: u32) -> bool {
+        let Some(target) = self.handoff.take_request() else {
+            return false;
+        };
+        let report = match self.send_all(&target, now) {
+            Ok(report) => report,
+            Err(e) => handoff::Report::Failed(format!("worker {}: {e}", self.id)),
+        };
+        let sent = matches!(report, handoff::Report::Done { .. });
+        self.handoff.report(report);
+        if sent && self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
+            return true;
+        }
+        self.accept_more = true;
+        false
+    }
+
+    fn send_all(&mut self, target: &str, now: u32) -> io::Result<handoff::Report> {
+        let keys = self.core.keys();
+        let begin = handoff::Begin {
+            worker: self.id as u32,
+            sessions: keys.len() as u64,
+            tick_ns: self.clock.tick().as_nanos() as u64,
+        };
+        let mut sender = handoff::Sender::connect(target, begin)?;
+        let (mut partial, mut blocked) = (0, 0);
+        for chunk in keys.chunks(handoff::BATCH) {
+            let fds: Vec<_> = chunk
+                .iter()
+                .map(|&k| self.core.handle(k).as_raw_fd())
+                .collect();
+            let carried: Vec<_> = chunk.iter().map(|&k| self.core.export(k, now)).collect();
+            handoff::tally(&carried, &mut partial, &mut blocked);
+            sender.batch(&fds, &carried)?;
+        }
+        let sessions = sender.finish()?;
+        Ok(handoff::Report::Done {
+            sessions,
+            partial,
+            blocked,
+        })
+    }
+
+    /// New process: takes one old worker's sessions (without reading from
+    /// them), reports, and waits for the commit; then registers them and
+    /// starts accepting. An error stops the worker (and the process: the
+    /// old one serves on).
+    fn take_over(&mut self, listener: &std::os::fd::OwnedFd) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let now = self.clock.tick_at(Instant::now());
+        let mut adopted = Vec::new();
+        let received = (|| {
+            let mut r = handoff::Receiver::accept(
+                listener.as_fd(),
+                handoff::STEP_TIMEOUT,
+                self.clock.tick(),
+            )?;
+            adopted.reserve(r.begin.sessions as usize);
+            let (mut partial, mut blocked) = (0, 0);
+            while let Some(batch) = r.next_batch()? {
+                for (fd, carried) in batch {
+                    handoff::tally(std::slice::from_ref(&carried), &mut partial, &mut blocked);
+                    adopted.push(self.core.adopt(TcpStream::from(fd), now, &carried));
+                }
+            }
+            r.ack()?;
+            io::Result::Ok(handoff::Report::Done {
+                sessions: r.received(),
+                partial,
+                blocked,
+            })
+        })();
+        let report = received
+            .unwrap_or_else(|e| handoff::Report::Failed(format!("new worker {}: {e}", self.id)));
+        let failed = match &report {
+            handoff::Report::Failed(why) => Some(why.clone()),
+            handoff::Report::Done { .. } => None,
+        };
+        self.handoff.report(report);
+        if let Some(why) = failed {
+            return Err(io::Error::other(why));
+        }
+        if !self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
+            return Err(io::Error::other("the hand-off was not committed"));
+        }
+        self.control.adopt(adopted.len() as u64);
+        for (token, verdict) in adopted {
+            let key = token.key();
+            if let Verdict::Close(reason) = verdict {
+                self.close(key, reason);
+                continue;
+            }
+            // Edge-triggered: a socket with bytes already waiting is
+            // reported ready by the registration itself.
+            let interest = if self.core.is_write_blocked(key) {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let fd = self.core.handle(key).as_raw_fd();
+            if self
+                .registry
+                .register(&mut SourceFd(&fd), mio::Token(token.0 as usize), interest)
+                .is_err()
+            {
+                self.close(key, CloseReason::Reset);
+            }
+        }
+        self.accept_more = true;
+        self.publish();
+        Ok(())
     }
 
     /// Stops accepting, closes every session, publishes final counters.

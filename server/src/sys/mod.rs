@@ -146,6 +146,22 @@ pub struct WorkerSetup {
     /// `--descriptors thread`: the worker thread gives itself a descriptor
     /// table of its own ([`private_fd_table`]) before it opens anything.
     pub private_table: bool,
+    /// Zero-downtime upgrade: between this worker and the main thread
+    /// (see [`crate::handoff`]).
+    pub handoff: Arc<crate::handoff::Port>,
+    /// A process taking over: the listener where an old worker brings its
+    /// sessions, taken before this worker serves anything.
+    pub takeover: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl WorkerSetup {
+    /// Descriptors a worker with a private table keeps from the process's.
+    pub fn kept_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut keep = vec![self.listener.as_raw_fd()];
+        keep.extend(self.takeover.as_ref().map(|t| t.as_raw_fd()));
+        keep
+    }
 }
 
 /// Admission of accepted connections, the same for every backend: the
@@ -262,6 +278,11 @@ impl AdmissionControl {
         busy
     }
 
+    /// Counts sessions carried over from another process.
+    pub fn adopt(&self, sessions: u64) {
+        self.admission.adopt(sessions);
+    }
+
     /// Gives back the slot of a closed session.
     pub fn release(&self) {
         self.admission.release();
@@ -303,6 +324,11 @@ impl TickClock {
     /// Ticks elapsed at `at` (wraps after 2^32 ticks; the wheel handles it).
     pub fn tick_at(&self, at: Instant) -> u32 {
         (at.duration_since(self.start).as_nanos() / self.tick.as_nanos()) as u32
+    }
+
+    /// Length of one tick.
+    pub fn tick(&self) -> Duration {
+        self.tick
     }
 
     /// Time from `at` until the next tick begins.

@@ -111,6 +111,7 @@
 
 mod bufring;
 pub mod client;
+mod handoff;
 mod probe;
 mod sendbuf;
 mod session;
@@ -353,6 +354,9 @@ trait Descriptor: Sized {
     fn target(&self) -> Target;
     /// Gives the socket up to an IORING_OP_CLOSE (which now owns it).
     fn into_target(self) -> Target;
+    /// A plain descriptor received from another process (direct
+    /// descriptors register it into a ring instead: never called).
+    fn from_plain(fd: OwnedFd) -> Self;
 }
 
 impl Descriptor for OwnedFd {
@@ -366,6 +370,9 @@ impl Descriptor for OwnedFd {
     }
     fn into_target(self) -> Target {
         Target::Fd(types::Fd(std::os::fd::IntoRawFd::into_raw_fd(self)))
+    }
+    fn from_plain(fd: OwnedFd) -> Self {
+        fd
     }
 }
 
@@ -398,6 +405,9 @@ impl Descriptor for Slot {
     fn into_target(self) -> Target {
         self.target()
     }
+    fn from_plain(_: OwnedFd) -> Self {
+        unreachable!("direct descriptors are registered, not taken as they are")
+    }
 }
 
 /// Starts an io_uring worker thread; fails if its ring cannot be set up.
@@ -417,7 +427,8 @@ pub fn spawn(setup: WorkerSetup, support: Support) -> io::Result<RunningWorker> 
         .spawn(move || {
             if setup.private_table {
                 // Before the ring exists: its descriptor lands in the new table.
-                let keep = [setup.listener.as_raw_fd(), worker_wake.as_raw_fd()];
+                let mut keep = setup.kept_fds();
+                keep.push(worker_wake.as_raw_fd());
                 if let Err(e) = super::private_fd_table(&keep) {
                     let _ = ready_tx.send(false);
                     return Err(e);
@@ -571,6 +582,11 @@ struct Worker<D: Descriptor> {
     recvs_armed: usize,
     polls_armed: usize,
     stopping: bool,
+    /// Handing off to a new process: nothing is re-armed.
+    exporting: bool,
+    handoff: Arc<crate::handoff::Port>,
+    /// A process taking over: where the old worker comes.
+    takeover: Option<Arc<OwnedFd>>,
 }
 
 impl<D: Descriptor> Worker<D> {
@@ -678,6 +694,9 @@ impl<D: Descriptor> Worker<D> {
             recvs_armed: 0,
             polls_armed: 0,
             stopping: false,
+            exporting: false,
+            handoff: setup.handoff,
+            takeover: setup.takeover,
         })
     }
 
@@ -692,6 +711,9 @@ impl<D: Descriptor> Worker<D> {
     }
 
     fn run(mut self) -> io::Result<()> {
+        if let Some(listener) = self.takeover.take() {
+            self.take_over(&listener)?;
+        }
         self.arm_accept();
         if !self.sharded() {
             self.arm_wake();
@@ -718,6 +740,9 @@ impl<D: Descriptor> Worker<D> {
             // Direct: slots freed this turn let more accepts in.
             self.arm_accept();
             self.publish();
+            if self.handoff.requested() && self.hand_off()? {
+                return Ok(()); // the new process serves every session now
+            }
             if self.stop.load(Ordering::Relaxed) {
                 return self.shutdown();
             }
@@ -934,7 +959,7 @@ impl<D: Descriptor> Worker<D> {
         let Some(listener) = &self.listener else {
             return;
         };
-        if self.accept_paused_until.is_some() || self.stopping {
+        if self.accept_paused_until.is_some() || self.stopping || self.exporting {
             return;
         }
         let fd = types::Fd(listener.as_raw_fd());
@@ -1026,7 +1051,7 @@ impl<D: Descriptor> Worker<D> {
         self.wake_armed = false;
         let mut count = [0u8; 8];
         let _ = nix::unistd::read(self.wake_fd.as_raw_fd(), &mut count);
-        if !self.stopping {
+        if !self.stopping && !self.exporting {
             self.arm_wake();
         }
     }

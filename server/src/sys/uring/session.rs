@@ -23,7 +23,7 @@ pub(super) const POLL_OUT_ARMED: u8 = 8;
 const FLUSH_MAX: usize = 64 * 1024;
 
 impl<D: Descriptor> Worker<D> {
-    fn io(&self, key: u32) -> u8 {
+    pub(super) fn io(&self, key: u32) -> u8 {
         self.core.io_state(key)
     }
 
@@ -33,7 +33,7 @@ impl<D: Descriptor> Worker<D> {
             .set_io_state(key, if on { io | bits } else { io & !bits });
     }
 
-    fn target(&self, key: u32) -> Target {
+    pub(super) fn target(&self, key: u32) -> Target {
         self.core.handle(key).target()
     }
 
@@ -133,7 +133,7 @@ impl<D: Descriptor> Worker<D> {
     /// Arms the multishot recv unless one is in flight or the session is
     /// write-blocked.
     pub(super) fn resume_reading(&mut self, key: u32) {
-        if self.io(key) & RECV_ARMED != 0 || self.core.is_write_blocked(key) {
+        if self.io(key) & RECV_ARMED != 0 || self.core.is_write_blocked(key) || self.exporting {
             return;
         }
         let token = self.core.token(key);
@@ -324,7 +324,7 @@ impl<D: Descriptor> Worker<D> {
     }
 
     fn wait_writable(&mut self, key: u32) {
-        if self.io(key) & POLL_OUT_ARMED != 0 {
+        if self.io(key) & POLL_OUT_ARMED != 0 || self.exporting {
             return;
         }
         let ud = UserData::PollOut(self.core.token(key))
@@ -351,7 +351,7 @@ impl<D: Descriptor> Worker<D> {
     }
 
     /// Sends the next spilled replies (at most [`FLUSH_MAX`]).
-    fn flush(&mut self, key: u32) {
+    pub(super) fn flush(&mut self, key: u32) {
         let pending = self.core.pending_output(key);
         let chunk = &pending[..pending.len().min(FLUSH_MAX)];
         if chunk.is_empty() {

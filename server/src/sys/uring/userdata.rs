@@ -38,6 +38,10 @@ pub const WAKE: u64 = Token::reserved(1).0;
 /// Requests whose completion needs no handling (cancels, closes); they are
 /// submitted with CQE_SKIP_SUCCESS, so only their failures come back.
 pub const IGNORE: u64 = Token::reserved(2).0;
+/// A hand-off request (descriptor install, file-table update): the entry's
+/// index in its batch is in the high half. Reaped by the hand-off's own
+/// loop ([`super::handoff`]), while nothing else is in flight.
+pub const HANDOFF: u64 = Token::reserved(3).0;
 
 /// A decoded `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
