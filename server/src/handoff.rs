@@ -69,6 +69,11 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// main thread's verdict: every other worker's stream must end first.
 pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Tests: a new process with this variable set aborts once it has taken
+/// every session of a stream, before acknowledging it (a crash at the
+/// worst moment: the old process must serve on and lose nothing).
+pub const CRASH_ENV: &str = "C10M_TEST_CRASH_IN_TAKEOVER";
+
 /// The abstract unix socket name every server process listens on.
 pub fn control_name(pid: u32) -> String {
     format!("c10m-server.{pid}")
@@ -466,6 +471,12 @@ impl Receiver {
         match self.buf.first() {
             Some(&TAG_END) if self.buf.len() == 9 => {
                 let total = u64_at(&self.buf, 1);
+                if std::env::var_os(CRASH_ENV).is_some() {
+                    // Tests: a new binary that dies holding every socket,
+                    // before its acknowledgement.
+                    eprintln!("c10m-server: {CRASH_ENV} set: aborting mid-hand-off");
+                    std::process::abort();
+                }
                 if total != self.received || !fds.is_empty() {
                     return Err(bad(&format!(
                         "the old worker says {total} sessions, {} arrived",
@@ -690,7 +701,7 @@ mod tests {
             .map(|i| Carried {
                 idle_left: i,
                 frame_age: i % 7,
-                input: if i % 3 == 0 {
+                input: if i.is_multiple_of(3) {
                     b"PI".to_vec()
                 } else {
                     Vec::new()
@@ -732,7 +743,7 @@ mod tests {
             let i = i as u32;
             assert_eq!(c.idle_left, i.div_ceil(2));
             assert_eq!(c.frame_age, (i % 7).div_ceil(2));
-            assert_eq!(c.input.is_empty(), i % 3 != 0);
+            assert_eq!(c.input.is_empty(), !i.is_multiple_of(3));
             assert_eq!(c.output.len(), if i == 5 { 100_000 } else { 0 });
             let stream = TcpStream::from(fd);
             assert_eq!(stream.peer_addr().unwrap().port(), ports[i as usize]);

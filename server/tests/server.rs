@@ -3,42 +3,13 @@
 
 mod harness;
 
-use harness::{heavy, light, read_exact_len, read_to_close, roundtrip, stat, Backend, Server};
+use harness::{
+    backend_tests, heavy, light, limit_nofile, open_and_echo, read_exact_len, read_to_close,
+    roundtrip, stat, Backend, Server,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(super::Backend::Epoll) } )*
-        }
-        mod uring {
-            $( #[test] fn $name() {
-                if super::Backend::Uring.available(stringify!($name)) {
-                    super::$name(super::Backend::Uring)
-                }
-            } )*
-        }
-        mod uring_direct {
-            $( #[test] fn $name() {
-                if super::Backend::UringDirect.available(stringify!($name)) {
-                    super::$name(super::Backend::UringDirect)
-                }
-            } )*
-        }
-        mod uring_rings {
-            $( #[test] fn $name() {
-                if super::Backend::UringRings.available(stringify!($name)) {
-                    super::$name(super::Backend::UringRings)
-                }
-            } )*
-        }
-        mod epoll_thread {
-            $( #[test] fn $name() { super::$name(super::Backend::EpollThread) } )*
-        }
-    };
-}
 
 backend_tests!(
     holds_15000_sessions_and_answers_each,
@@ -1211,24 +1182,6 @@ fn wait_for_stderr(server: &Server, needle: &str) -> bool {
     false
 }
 
-/// Opens `n` sessions (paced), sends `PING i` on session i and checks
-/// each echo; returns the sessions, still open.
-fn open_and_echo(server: &Server, n: usize) -> Vec<TcpStream> {
-    let mut clients = server.connect_paced(n);
-    for (i, c) in clients.iter_mut().enumerate() {
-        write!(c, "PING {i}\r\n").unwrap();
-    }
-    for (i, c) in clients.iter_mut().enumerate() {
-        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
-        assert_eq!(
-            read_exact_len(c, want.len()),
-            want.as_bytes(),
-            "session {i}"
-        );
-    }
-    clients
-}
-
 /// The first reply line, or what arrived before the server closed.
 fn read_to_close_or_line(c: &mut TcpStream) -> Vec<u8> {
     let mut reply = Vec::new();
@@ -1240,19 +1193,6 @@ fn read_to_close_or_line(c: &mut TcpStream) -> Vec<u8> {
         }
     }
     reply
-}
-
-fn limit_nofile(cmd: &mut std::process::Command, n: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only setrlimit, which is async-signal-safe; it touches no locks or
-    // allocations of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
-                .map_err(std::io::Error::from)
-        });
-    }
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -276,6 +276,18 @@ impl Server {
         ticks / 100.0
     }
 
+    /// The server was upgraded: from now on this handle stops, waits for
+    /// and kills the new process `pid` (which writes the same stdout,
+    /// stderr and stats file; it is not our child, so it is watched
+    /// through /proc).
+    pub fn upgraded_to(&mut self, pid: u32) {
+        self.pid = pid;
+    }
+
+    fn upgraded(&self) -> bool {
+        self.pid != self.child.id()
+    }
+
     /// SIGTERM, wait (bounded), and read the stats JSON.
     pub fn stop(mut self) -> Stopped {
         nix::sys::signal::kill(
@@ -307,6 +319,17 @@ impl Server {
 
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
+        if self.upgraded() {
+            // Gone, or a zombie whose new parent has not reaped it yet.
+            while process_alive(self.pid) {
+                if Instant::now() > deadline {
+                    kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+                    panic!("upgraded server did not exit within {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return self.child.wait().unwrap();
+        }
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -331,8 +354,26 @@ impl Server {
     }
 }
 
+/// True while `pid` runs (not gone, not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+pub fn kill(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.upgraded() && process_alive(self.pid) {
+            kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -368,4 +409,70 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     buf
+}
+
+/// One test per backend for each named function `fn name(backend: Backend)`.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(super::Backend::Epoll) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() {
+                if super::Backend::Uring.available(stringify!($name)) {
+                    super::$name(super::Backend::Uring)
+                }
+            } )*
+        }
+        mod uring_direct {
+            $( #[test] fn $name() {
+                if super::Backend::UringDirect.available(stringify!($name)) {
+                    super::$name(super::Backend::UringDirect)
+                }
+            } )*
+        }
+        mod uring_rings {
+            $( #[test] fn $name() {
+                if super::Backend::UringRings.available(stringify!($name)) {
+                    super::$name(super::Backend::UringRings)
+                }
+            } )*
+        }
+        mod epoll_thread {
+            $( #[test] fn $name() { super::$name(super::Backend::EpollThread) } )*
+        }
+    };
+}
+pub(crate) use backend_tests;
+
+/// Sets RLIMIT_NOFILE (soft and hard) of the command's process.
+pub fn limit_nofile(cmd: &mut std::process::Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setrlimit, which is async-signal-safe; it touches no locks or
+    // allocations of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Opens `n` sessions (paced), sends `PING i` on session i and checks
+/// each echo; returns the sessions, still open.
+pub fn open_and_echo(server: &Server, n: usize) -> Vec<TcpStream> {
+    let mut clients = server.connect_paced(n);
+    for (i, c) in clients.iter_mut().enumerate() {
+        write!(c, "PING {i}\r\n").unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let want = format!("${}\r\n{i}\r\n", i.to_string().len());
+        assert_eq!(
+            read_exact_len(c, want.len()),
+            want.as_bytes(),
+            "session {i}"
+        );
+    }
+    clients
 }
