@@ -25,7 +25,7 @@ use crate::server::{
     announce_limits, announce_listening, cpu_list, flush_stdout, print_stats, ServerConfig,
 };
 use crate::stats::{ProcessUsage, Report, Snapshot};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -117,6 +117,8 @@ pub fn plan(
 #[derive(Debug, Default)]
 struct ChildOutput {
     ready: bool,
+    /// `handed off …` (an upgrade moved this child's sessions).
+    handed_off: Option<String>,
     /// `backend=…` from the child's start-up line.
     backend: String,
     latest: Option<Report>,
@@ -164,7 +166,10 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
             failures: 0,
         })
         .collect();
-    let command = |slot: &Slot| child_command(&exe, &config, bound, slot, child_interval);
+    let command_with =
+        |slot: &Slot, exe: &Path| child_command(exe, &config, bound, slot, child_interval);
+    let command = |slot: &Slot| command_with(slot, &exe);
+    let upgrades = crate::upgrade::Upgrades::listen()?;
     for slot in &mut slots {
         let cmd = command(slot);
         start(slot, cmd)?;
@@ -197,6 +202,31 @@ pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result
     let mut next_line = started + config.stats_interval;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        if let Some(request) = upgrades.poll() {
+            let (binary, reply) = match request {
+                crate::upgrade::Request::Spawn { binary, reply } => (binary, reply),
+                crate::upgrade::Request::Takeover { conn, .. } => {
+                    let _ = crate::handoff::send_control(
+                        std::os::fd::AsFd::as_fd(&conn),
+                        &crate::handoff::Control::Abort {
+                            why: "a supervisor holds no sessions: upgrade it with \
+                                  `c10m-server upgrade --pid` (it upgrades each child)"
+                                .into(),
+                        },
+                        &[],
+                    );
+                    continue;
+                }
+            };
+            let program = binary.clone().unwrap_or_else(|| exe.clone());
+            let outcome = upgrade_children(&mut slots, &mut totals, &program, &command_with);
+            match &outcome {
+                Ok(message) => println!("c10m-server: {message}"),
+                Err(e) => eprintln!("c10m-server: upgrade stopped: {e:#}"),
+            }
+            flush_stdout();
+            crate::upgrade::answer(reply.as_ref(), &outcome);
+        }
         for (i, slot) in slots.iter_mut().enumerate() {
             supervise(i, slot, &mut totals, &command)?;
         }
@@ -334,6 +364,8 @@ fn start(slot: &mut Slot, mut command: Command) -> Result<()> {
                     .find_map(|kv| kv.strip_prefix("backend="))
                     .unwrap_or("unknown")
                     .to_string();
+            } else if let Some(said) = line.strip_prefix("c10m-server: handed off ") {
+                out.handed_off = Some(said.to_string());
             } else if let Some(json) = line.strip_prefix("stats-json ") {
                 if let Ok(report) = serde_json::from_str(json) {
                     out.latest = Some(report);
@@ -373,6 +405,127 @@ fn wait_ready(slots: &mut [Slot], stop: &AtomicBool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// How long a child's upgrade may take before its new process is killed
+/// (the old one then serves on).
+const CHILD_UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Upgrades every running child in turn: starts `program` as its
+/// replacement with `--takeover <child pid>`, which takes the child's
+/// listeners and sessions (see [`crate::handoff`]); the child exits once
+/// the new process serves them. One child at a time, so a bad binary costs
+/// nothing but its own start: the first failure stops the upgrade, with
+/// that child (and every later one) still serving on the old binary.
+fn upgrade_children(
+    slots: &mut [Slot],
+    totals: &mut Totals,
+    program: &Path,
+    command: &dyn Fn(&Slot, &Path) -> Command,
+) -> Result<String> {
+    let started = Instant::now();
+    let (mut upgraded, mut sessions) = (0, 0u64);
+    let mut slowest = Duration::ZERO;
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let Some(old_pid) = slot.child.as_ref().map(|c| c.id()) else {
+            continue; // waiting for a restart, which starts `program` anyway
+        };
+        let t0 = Instant::now();
+        let mut cmd = command(slot, program);
+        cmd.arg("--takeover").arg(old_pid.to_string());
+        let old_child = slot.child.take().expect("checked above");
+        let old_output = std::mem::take(&mut slot.output);
+        if let Err(e) = start(slot, cmd) {
+            slot.child = Some(old_child);
+            slot.output = old_output;
+            return Err(e.context(format!("child {i}: {upgraded} children upgraded before it")));
+        }
+        let mut old_child = old_child;
+        let outcome = loop {
+            let new_exited = slot
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let old_exited = old_child.try_wait().ok().flatten();
+            let ready = slot.output.lock().unwrap_or_else(|e| e.into_inner()).ready;
+            if let Some(status) = new_exited {
+                break Err(anyhow!("child {i}'s new process exited ({status}) before taking over; see its message above"));
+            }
+            if let (Some(status), true) = (old_exited, ready) {
+                break if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow!(
+                        "child {i}'s old process exited {status} during its hand-off"
+                    ))
+                };
+            }
+            if t0.elapsed() > CHILD_UPGRADE_TIMEOUT {
+                break Err(anyhow!(
+                    "child {i} was not taken over within {CHILD_UPGRADE_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let old_said = old_output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handed_off
+            .clone();
+        match outcome {
+            Ok(()) => {
+                // The old process's counters stay in the totals; its
+                // sessions are not lost: the new one holds them.
+                let last = read_report(&slot.stats_path).or_else(|| {
+                    old_output
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .latest
+                        .take()
+                });
+                if let Some(r) = last {
+                    let mut kept = r.totals;
+                    kept.sessions_open = 0;
+                    kept.spill_bytes = 0;
+                    kept.lag_shedding = 0;
+                    kept.loop_lag_us = 0;
+                    totals.retired += kept;
+                    totals.retired_cpu.0 += r.cpu_user_s;
+                    totals.retired_cpu.1 += r.cpu_sys_s;
+                }
+                sessions += old_said
+                    .as_deref()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                slot.started = Instant::now();
+                slot.failures = 0;
+                upgraded += 1;
+                slowest = slowest.max(t0.elapsed());
+            }
+            Err(e) => {
+                // The old child serves on (it resumes by itself if it had
+                // begun); the new process goes.
+                if let Some(mut new) = slot.child.take() {
+                    if new.try_wait().ok().flatten().is_none() {
+                        let _ = new.kill();
+                    }
+                    let _ = new.wait();
+                }
+                slot.child = Some(old_child);
+                slot.output = old_output;
+                return Err(e.context(format!(
+                    "{upgraded} children upgraded before it; it and the rest serve on the old binary"
+                )));
+            }
+        }
+    }
+    Ok(format!(
+        "upgraded {upgraded} children to {}: {sessions} sessions handed off in {} ms \
+         (one child at a time; the slowest {} ms)",
+        program.display(),
+        started.elapsed().as_millis(),
+        slowest.as_millis()
+    ))
 }
 
 /// Counters of children that died, kept so totals never go backwards.

@@ -4,8 +4,8 @@
 mod harness;
 
 use harness::{
-    backend_tests, heavy, light, limit_nofile, open_and_echo, read_exact_len, read_to_close,
-    roundtrip, stat, Backend, Server,
+    backend_tests, children_of, heavy, light, limit_nofile, open_and_echo, read_exact_len,
+    read_to_close, roundtrip, stat, Backend, Server,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -1322,22 +1322,6 @@ fn reconnect(server: &Server) -> TcpStream {
 
 fn kill(pid: u32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
-}
-
-/// Pids whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                let after = &s[s.rfind(')').unwrap_or(0) + 2..];
-                after.split_whitespace().nth(1) == Some(&parent.to_string())
-            })
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
 }
 
 /// True when every thread of `pid` is stopped (state T).

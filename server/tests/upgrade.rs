@@ -5,7 +5,8 @@
 mod harness;
 
 use harness::{
-    backend_tests, light, limit_nofile, open_and_echo, process_alive, stat, Backend, Server,
+    backend_tests, children_of, light, limit_nofile, open_and_echo, process_alive, stat, Backend,
+    Server,
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -342,4 +343,64 @@ fn direct_descriptors_past_rlimit_nofile_cross_a_batch_at_a_time() {
     ping_all(&mut clients, "y");
     let stopped = server.stop();
     assert_eq!(stopped.stats["closed"]["shutdown"], 1_500);
+}
+
+/// `--procs`: the supervisor upgrades its children one at a time; no
+/// session of any child is lost, none reconnects, none counts as lost or
+/// restarted, and the children are new processes.
+fn a_supervisor_upgrades_each_child(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(
+        backend,
+        &["--procs", "2", "--max-sessions", "4000", "--workers", "1"],
+    );
+    let before = children_of(server.pid);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let mut clients = open_and_echo(&server, 1_000);
+    clients[0].write_all(b"PI").unwrap();
+    let (ok, said) = upgrade(server.pid, &[]);
+    assert!(ok, "{said}\n{}", server.stderr());
+    assert!(said.contains("upgraded 2 children"), "{said}");
+    assert!(said.contains(": 1000 sessions handed off"), "{said}");
+    let after = children_of(server.pid);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|c| !before.contains(c)),
+        "{before:?} {after:?}"
+    );
+    ping_all(&mut clients[1..], "z");
+    clients[0].write_all(b"NG\r\n").unwrap();
+    assert_eq!(harness::read_exact_len(&mut clients[0], 7), b"+PONG\r\n");
+    // A child refuses SIGUSR2 of its own (its supervisor must not lose it).
+    harness::kill(after[0], nix::sys::signal::Signal::SIGUSR2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(process_alive(after[0]));
+    assert_eq!(children_of(server.pid), after);
+    let line = server.wait_stat("open", |v| v == 1_000, Duration::from_secs(10));
+    assert_eq!(stat(&line, "restarts"), Some(0), "{line}");
+    let stopped = server.stop();
+    assert_eq!(stopped.stats["sessions_lost"], 0);
+    assert_eq!(stopped.stats["restarts"], 0);
+    assert_eq!(stopped.stats["closed"]["shutdown"], 1_000);
+    assert_eq!(
+        stopped.stats["accepted"], 1_000,
+        "the old children's count is kept"
+    );
+    assert!(
+        stopped.stderr.contains("upgrade refused: this is a child"),
+        "{}",
+        stopped.stderr
+    );
+}
+
+#[test]
+fn a_supervisor_upgrades_each_child_on_epoll() {
+    a_supervisor_upgrades_each_child(Backend::Epoll);
+}
+
+#[test]
+fn a_supervisor_upgrades_each_child_on_uring() {
+    if Backend::Uring.available("a_supervisor_upgrades_each_child_on_uring") {
+        a_supervisor_upgrades_each_child(Backend::Uring);
+    }
 }

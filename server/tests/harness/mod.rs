@@ -476,3 +476,19 @@ pub fn open_and_echo(server: &Server, n: usize) -> Vec<TcpStream> {
     }
     clients
 }
+
+/// Pids whose parent is `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let after = &s[s.rfind(')').unwrap_or(0) + 2..];
+                after.split_whitespace().nth(1) == Some(&parent.to_string())
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
