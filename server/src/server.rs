@@ -498,9 +498,15 @@ fn upgrade_on(
                     .wait_hello(&mut child)
                     .and_then(|conn| give(&conn, pid));
                 if moved.is_err() {
-                    // Told to stop (or dead already): reap it.
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    // Told to stop (or dead already): reap it, killing it
+                    // if it has not gone within 5 s.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while child.try_wait().ok().flatten().is_none() {
+                        if Instant::now() > deadline {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break;
+                        }
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
@@ -512,10 +518,11 @@ fn upgrade_on(
     };
     let said = outcome.as_ref().map(|m| {
         format!(
-            "handed off {} to pid {} in {} ms",
+            "handed off {} to pid {} in {} ms (sessions unserved for {} ms)",
             m.what(),
             m.pid,
-            m.elapsed.as_millis()
+            m.elapsed.as_millis(),
+            m.pause.as_millis()
         )
     });
     match &said {

@@ -28,6 +28,9 @@ pub struct Moved {
     pub blocked: u64,
     pub listeners: usize,
     pub elapsed: Duration,
+    /// Old side: from the workers' stop to the commit, the time no process
+    /// read the sessions (what clients wait, at most, for a reply).
+    pub pause: Duration,
     /// The other process.
     pub pid: u32,
 }
@@ -222,6 +225,7 @@ pub fn hand_off(
             (Control::Abort { why }, _) => bail!("the new process gave up: {why}"),
             (other, _) => bail!("the new process said {other:?}"),
         };
+    let paused = Instant::now();
     for (w, port) in workers.iter().zip(ports) {
         port.request(takeover.clone());
         let _ = (w.wake)();
@@ -249,6 +253,7 @@ pub fn hand_off(
                     port.decide(true);
                 }
                 moved.elapsed = started.elapsed();
+                moved.pause = paused.elapsed();
                 return Ok(moved);
             }
             Err(e) => failures.push(format!("committing: {e}")),
@@ -346,21 +351,45 @@ impl Takeover {
             ..Moved::default()
         };
         let deadline = Instant::now() + STREAMS_TIMEOUT;
+        // The old process's word may come before every worker's report: a
+        // commit (all its workers have their acknowledgements), or an
+        // abort (one of its workers failed: stop now, not at a timeout).
+        let mut word = None;
         for (i, port) in ports.iter().enumerate() {
-            match port.wait_report(deadline.saturating_duration_since(Instant::now())) {
-                Some(r @ Report::Done { .. }) => moved.add(&r),
-                Some(Report::Failed(why)) => {
+            let report = loop {
+                if let Some(r) = port.wait_report(Duration::from_millis(20)) {
+                    break r;
+                }
+                if word.is_none() && readable(self.conn.as_fd()) {
+                    word = Some(handoff::recv_control(self.conn.as_fd()));
+                }
+                match &word {
+                    Some(Ok((Control::Commit, _))) | None => {}
+                    Some(Ok((Control::Abort { why }, _))) => {
+                        bail!("the old process called the hand-off off: {why}")
+                    }
+                    Some(Ok((other, _))) => bail!("expected the commit, got {other:?}"),
+                    Some(Err(e)) => bail!("the old process is gone: {e}"),
+                }
+                if Instant::now() > deadline {
+                    let why = format!("new worker {i} got nothing within {STREAMS_TIMEOUT:?}");
                     self.abort(&why);
                     bail!("{why}");
                 }
-                None => {
-                    let why = format!("new worker {i} got nothing within {STREAMS_TIMEOUT:?}");
+            };
+            match report {
+                r @ Report::Done { .. } => moved.add(&r),
+                Report::Failed(why) => {
                     self.abort(&why);
                     bail!("{why}");
                 }
             }
         }
-        match handoff::recv_control(self.conn.as_fd()).context("waiting for the commit")? {
+        let word = match word {
+            Some(word) => word,
+            None => handoff::recv_control(self.conn.as_fd()),
+        };
+        match word.context("waiting for the commit")? {
             (Control::Commit, _) => {}
             (Control::Abort { why }, _) => bail!("the old process called the hand-off off: {why}"),
             (other, _) => bail!("expected the commit, got {other:?}"),
@@ -371,6 +400,12 @@ impl Takeover {
         moved.elapsed = self.started.elapsed();
         Ok(moved)
     }
+}
+
+/// A message (or the end of the stream) is waiting on `conn`.
+fn readable(conn: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(conn, nix::poll::PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
 
 /// `c10m-server upgrade --pid P`: asks P to upgrade and waits for the

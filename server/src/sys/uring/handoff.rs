@@ -20,7 +20,7 @@
 //! the commit.
 
 use super::session::SEND_IN_FLIGHT;
-use super::userdata::{HANDOFF, IGNORE};
+use super::userdata::{ACCEPT, HANDOFF, IGNORE, WAKE};
 use super::{Descriptor, Target, Worker, DRAIN_TIMEOUT};
 use crate::core::Verdict;
 use crate::handoff::{self, Report};
@@ -106,19 +106,43 @@ impl<D: Descriptor> Worker<D> {
     /// flight, serving what completes meanwhile without re-arming.
     fn quiesce(&mut self) -> io::Result<()> {
         self.exporting = true;
+        // Accepts and the wake poll: one cancel per user_data, for all of
+        // its requests. Sessions: one cancel each, by user_data. Not one
+        // IORING_ASYNC_CANCEL_ANY for the whole ring: the kernel finds each
+        // request it cancels by walking the ring's poll table from the
+        // start, O(requests) per request; measured here, 17 000 recvs per
+        // ring kept the canceling enter busy for over 2 s.
         for shard in 0..self.shards.len() {
-            let any = types::CancelBuilder::any().all();
-            self.queue(
-                shard,
-                opcode::AsyncCancel2::new(any).build().user_data(IGNORE),
-            );
+            let wake = shard == 0 && self.wake_armed;
+            for (armed, ud) in [
+                (self.shards[shard].accepts_armed, ACCEPT),
+                (usize::from(wake), WAKE),
+            ] {
+                if armed > 0 {
+                    let all = types::CancelBuilder::user_data(ud).all();
+                    self.queue(
+                        shard,
+                        opcode::AsyncCancel2::new(all).build().user_data(IGNORE),
+                    );
+                }
+            }
+        }
+        for key in self.core.keys() {
+            self.cancel_requests(key);
+            self.push_if_long();
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.in_flight() > 0 || self.pending_any() || !self.deferred.is_empty() {
             if Instant::now() > deadline {
                 return Err(io::Error::other(format!(
-                    "{} io_uring requests still in flight after {DRAIN_TIMEOUT:?}",
-                    self.in_flight()
+                    "{} io_uring requests still in flight after {DRAIN_TIMEOUT:?} \
+                     (recvs {}, sends {}, pollouts {}, accepts {}, wake {})",
+                    self.in_flight(),
+                    self.recvs_armed,
+                    self.sends.len(),
+                    self.polls_armed,
+                    self.shards.iter().map(|sh| sh.accepts_armed).sum::<usize>(),
+                    self.wake_armed
                 )));
             }
             if self.sharded() {

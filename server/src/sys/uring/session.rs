@@ -365,22 +365,12 @@ impl<D: Descriptor> Worker<D> {
         self.send(key, staged, true);
     }
 
-    /// Closes a session: frees its record now, and queues (after any reply
-    /// still to go) a cancel of its requests and the close of its socket.
-    pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
+    /// Queues a cancel (by user_data) of the session's armed recv and
+    /// POLLOUT, and marks the recv cancelled (a hand-off: the session stays).
+    pub(super) fn cancel_requests(&mut self, key: u32) {
         let io = self.io(key);
         let token = self.core.token(key);
         let shard = self.target(key).shard();
-        let socket = self.core.close(key, reason);
-        self.control.release();
-        // Cancel by user_data, never by descriptor: the kernel finds a
-        // cancel-by-fd target by walking every armed poll request of the
-        // ring, so each close cost O(sessions) — 390 µs of sys time per
-        // close at 15 000 sessions against 33 µs on epoll (88 % of it in
-        // io_cancel_req_match), which made the chaos garbage run 3× the
-        // sys time of epoll. A user_data cancel is a hash lookup. Sends
-        // need none: with MSG_DONTWAIT they complete in the enter that
-        // submits them, before this cancel runs.
         for (armed, request) in [
             (
                 io & RECV_ARMED != 0 && io & RECV_CANCELLED == 0,
@@ -396,6 +386,25 @@ impl<D: Descriptor> Worker<D> {
                 self.queue(shard, cancel);
             }
         }
+        if io & RECV_ARMED != 0 {
+            self.set_io(key, RECV_CANCELLED, true);
+        }
+    }
+
+    /// Closes a session: frees its record now, and queues (after any reply
+    /// still to go) a cancel of its requests and the close of its socket.
+    pub(super) fn close(&mut self, key: u32, reason: CloseReason) {
+        // Cancel by user_data, never by descriptor: the kernel finds a
+        // cancel-by-fd target by walking every armed poll request of the
+        // ring, so each close cost O(sessions) — 390 µs of sys time per
+        // close at 15 000 sessions against 33 µs on epoll (88 % of it in
+        // io_cancel_req_match), which made the chaos garbage run 3× the
+        // sys time of epoll. A user_data cancel is a hash lookup. Sends
+        // need none: with MSG_DONTWAIT they complete in the enter that
+        // submits them, before this cancel runs.
+        self.cancel_requests(key);
+        let socket = self.core.close(key, reason);
+        self.control.release();
         self.close_socket(socket);
     }
 }
