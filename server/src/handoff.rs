@@ -577,6 +577,8 @@ pub struct Port {
     /// `Some(true)`: commit (old: drop everything and stop; new: serve),
     /// `Some(false)`: resume (old) or stop (new).
     verdict: Mutex<Option<bool>>,
+    /// New side: the worker has armed every session it took (it serves).
+    armed: Mutex<bool>,
     cv: Condvar,
 }
 
@@ -625,6 +627,30 @@ impl Port {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// New worker: every session taken is armed (read from) now.
+    pub fn mark_armed(&self) {
+        *lock(&self.armed) = true;
+        self.cv.notify_all();
+    }
+
+    /// New side, main thread: waits up to `timeout` for [`Self::mark_armed`].
+    pub fn wait_armed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut armed = lock(&self.armed);
+        while !*armed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            armed = self
+                .cv
+                .wait_timeout(armed, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Main thread: the decision for the worker.

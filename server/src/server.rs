@@ -311,10 +311,11 @@ fn serve(
     if let Some(t) = takeover.as_ref() {
         let moved = t.finish(&ports)?;
         println!(
-            "c10m-server: took over {} from pid {} in {} ms",
+            "c10m-server: took over {} from pid {} in {} ms (sessions unserved for {} ms)",
             moved.what(),
             moved.pid,
-            moved.elapsed.as_millis()
+            moved.elapsed.as_millis(),
+            moved.pause.as_millis()
         );
     }
     let started = Instant::now();
@@ -518,7 +519,7 @@ fn upgrade_on(
     };
     let said = outcome.as_ref().map(|m| {
         format!(
-            "handed off {} to pid {} in {} ms (sessions unserved for {} ms)",
+            "handed off {} to pid {} in {} ms (its workers stopped {} ms before the commit)",
             m.what(),
             m.pid,
             m.elapsed.as_millis(),

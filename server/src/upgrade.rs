@@ -28,8 +28,9 @@ pub struct Moved {
     pub blocked: u64,
     pub listeners: usize,
     pub elapsed: Duration,
-    /// Old side: from the workers' stop to the commit, the time no process
-    /// read the sessions (what clients wait, at most, for a reply).
+    /// Old side: from the workers' stop to the commit. New side: from the
+    /// old workers' stop to every session armed here: the time no process
+    /// read the sessions (what a client waits, at most, for a reply).
     pub pause: Duration,
     /// The other process.
     pub pid: u32,
@@ -345,6 +346,8 @@ impl Takeover {
             takeover: self.name.clone(),
         };
         handoff::send_control(self.conn.as_fd(), &ready, &[])?;
+        // The old workers stop when they hear of this.
+        let paused = Instant::now();
         let mut moved = Moved {
             listeners: self.workers,
             pid: self.old_pid,
@@ -397,7 +400,11 @@ impl Takeover {
         for port in ports {
             port.decide(true);
         }
+        for port in ports {
+            port.wait_armed(STREAMS_TIMEOUT);
+        }
         moved.elapsed = self.started.elapsed();
+        moved.pause = paused.elapsed();
         Ok(moved)
     }
 }

@@ -155,7 +155,7 @@ fn upgrade_hands_over_every_session_under_traffic(backend: Backend) {
     // ended mid-request).
     let (sessions, partial, blocked_n) = counts(&said, "handed off ");
     assert_eq!((sessions, blocked_n), (N as u64 + 1, 1), "{said}");
-    assert!((1..=2).contains(&partial), "{said}");
+    assert!(partial >= 1, "{said}");
     assert!(said.contains(" and 2 listeners to pid "), "{said}");
     let old = server.pid;
     let new = new_pid(&said);
@@ -308,13 +308,21 @@ fn sigusr2_upgrades_without_a_command(backend: Backend) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let line = server.startup_line();
-    let pid: u32 = line
-        .split("pid=")
-        .nth(1)
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap();
-    assert_ne!(pid, old, "{line}");
+    // The new process announces itself once it serves every session.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let line = server.startup_line();
+        let pid: u32 = line
+            .split("pid=")
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap();
+        if pid != old {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no new start-up line: {line}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     server.upgraded_to(pid);
     ping_all(&mut clients, "x");
     let stopped = server.stop();

@@ -479,6 +479,7 @@ impl State {
         }
         self.accept_more = true;
         self.publish();
+        self.handoff.mark_armed();
         Ok(())
     }
 

@@ -297,7 +297,14 @@ impl<D: Descriptor> Worker<D> {
             }
             self.push_if_long();
         }
+        // Submitted: the recvs are armed at the loop's first enter, next.
+        for shard in 0..self.shards.len() {
+            self.shards[shard].pending_sends = 0;
+            self.push_pending(shard)?;
+            self.enter_nowait(shard)?;
+        }
         self.publish();
+        self.handoff.mark_armed();
         Ok(())
     }
 
