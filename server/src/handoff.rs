@@ -653,6 +653,26 @@ impl Port {
         true
     }
 
+    /// New worker: reports how taking its sessions went and waits for the
+    /// commit. Ok when it is to serve them; an error (its own failure, or
+    /// no commit) stops the worker, and with it the new process.
+    pub fn settle(&self, worker: usize, received: io::Result<Report>) -> io::Result<()> {
+        let report =
+            received.unwrap_or_else(|e| Report::Failed(format!("new worker {worker}: {e}")));
+        let failed = match &report {
+            Report::Failed(why) => Some(why.clone()),
+            Report::Done { .. } => None,
+        };
+        self.report(report);
+        if let Some(why) = failed {
+            return Err(io::Error::other(why));
+        }
+        if !self.wait_verdict(VERDICT_TIMEOUT) {
+            return Err(io::Error::other("the hand-off was not committed"));
+        }
+        Ok(())
+    }
+
     /// Main thread: the decision for the worker.
     pub fn decide(&self, commit: bool) {
         *lock(&self.verdict) = Some(commit);

@@ -484,14 +484,7 @@ fn upgrade_children(
                         .take()
                 });
                 if let Some(r) = last {
-                    let mut kept = r.totals;
-                    kept.sessions_open = 0;
-                    kept.spill_bytes = 0;
-                    kept.lag_shedding = 0;
-                    kept.loop_lag_us = 0;
-                    totals.retired += kept;
-                    totals.retired_cpu.0 += r.cpu_user_s;
-                    totals.retired_cpu.1 += r.cpu_sys_s;
+                    totals.retire(&r);
                 }
                 sessions += old_said
                     .as_deref()
@@ -538,6 +531,21 @@ struct Totals {
 }
 
 impl Totals {
+    /// Keeps the counters of a child that is gone (died, or handed its
+    /// sessions to a new process); returns the sessions it held then.
+    fn retire(&mut self, r: &Report) -> u64 {
+        let mut kept = r.totals;
+        let open = kept.sessions_open;
+        kept.sessions_open = 0;
+        kept.spill_bytes = 0;
+        kept.lag_shedding = 0;
+        kept.loop_lag_us = 0;
+        self.retired += kept;
+        self.retired_cpu.0 += r.cpu_user_s;
+        self.retired_cpu.1 += r.cpu_sys_s;
+        open
+    }
+
     fn report(&self, slots: &[Slot], own_baseline: u64, started: Instant, max: u64) -> Report {
         let latest: Vec<Option<Report>> = slots
             .iter()
@@ -597,15 +605,8 @@ fn supervise(
             .latest
             .take();
         if let Some(r) = last {
-            let mut kept = r.totals;
-            totals.lost += kept.sessions_open;
-            kept.sessions_open = 0;
-            kept.spill_bytes = 0;
-            kept.lag_shedding = 0;
-            kept.loop_lag_us = 0;
-            totals.retired += kept;
-            totals.retired_cpu.0 += r.cpu_user_s;
-            totals.retired_cpu.1 += r.cpu_sys_s;
+            let open = totals.retire(&r);
+            totals.lost += open;
         }
         slot.failures = if lived > STABLE_AFTER {
             1

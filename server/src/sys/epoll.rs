@@ -441,19 +441,7 @@ impl State {
                 blocked,
             })
         })();
-        let report = received
-            .unwrap_or_else(|e| handoff::Report::Failed(format!("new worker {}: {e}", self.id)));
-        let failed = match &report {
-            handoff::Report::Failed(why) => Some(why.clone()),
-            handoff::Report::Done { .. } => None,
-        };
-        self.handoff.report(report);
-        if let Some(why) = failed {
-            return Err(io::Error::other(why));
-        }
-        if !self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
-            return Err(io::Error::other("the hand-off was not committed"));
-        }
+        self.handoff.settle(self.id, received)?;
         self.control.adopt(adopted.len() as u64);
         for (token, verdict) in adopted {
             let key = token.key();

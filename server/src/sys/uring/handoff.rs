@@ -20,11 +20,11 @@
 //! the commit.
 
 use super::session::SEND_IN_FLIGHT;
-use super::userdata::{ACCEPT, HANDOFF, IGNORE, WAKE};
+use super::userdata::HANDOFF;
 use super::{Descriptor, Target, Worker, DRAIN_TIMEOUT};
 use crate::core::Verdict;
 use crate::handoff::{self, Report};
-use io_uring::{opcode, types};
+use io_uring::opcode;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -112,21 +112,7 @@ impl<D: Descriptor> Worker<D> {
         // request it cancels by walking the ring's poll table from the
         // start, O(requests) per request; measured here, 17 000 recvs per
         // ring kept the canceling enter busy for over 2 s.
-        for shard in 0..self.shards.len() {
-            let wake = shard == 0 && self.wake_armed;
-            for (armed, ud) in [
-                (self.shards[shard].accepts_armed, ACCEPT),
-                (usize::from(wake), WAKE),
-            ] {
-                if armed > 0 {
-                    let all = types::CancelBuilder::user_data(ud).all();
-                    self.queue(
-                        shard,
-                        opcode::AsyncCancel2::new(all).build().user_data(IGNORE),
-                    );
-                }
-            }
-        }
+        self.cancel_accepts_and_wake();
         for key in self.core.keys() {
             self.cancel_requests(key);
             self.push_if_long();
@@ -274,19 +260,7 @@ impl<D: Descriptor> Worker<D> {
         let now = self.clock.tick_at(Instant::now());
         let mut adopted = Vec::new();
         let received = self.receive_all(listener, now, &mut adopted);
-        let report =
-            received.unwrap_or_else(|e| Report::Failed(format!("new worker {}: {e}", self.id)));
-        let failed = match &report {
-            Report::Failed(why) => Some(why.clone()),
-            Report::Done { .. } => None,
-        };
-        self.handoff.report(report);
-        if let Some(why) = failed {
-            return Err(io::Error::other(why));
-        }
-        if !self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
-            return Err(io::Error::other("the hand-off was not committed"));
-        }
+        self.handoff.settle(self.id, received)?;
         self.control.adopt(adopted.len() as u64);
         for (token, verdict) in adopted {
             let key = token.key();

@@ -1087,14 +1087,10 @@ impl<D: Descriptor> Worker<D> {
         self.shards.iter().any(|sh| !sh.pending.is_empty())
     }
 
-    /// Stops accepting, closes every session, and reaps every completion
-    /// still due before the rings and their memory go.
-    fn shutdown(&mut self) -> io::Result<()> {
-        self.stopping = true;
-        // One cancel for every request of that user_data: direct
-        // descriptors keep up to ACCEPT_BATCH accepts armed, and one plain
-        // cancel per request left all but one of them in flight (shutdown
-        // then waited out DRAIN_TIMEOUT and leaked the buffers).
+    /// Queues one cancel per ring for all its accepts (direct descriptors
+    /// keep up to [`ACCEPT_BATCH`] armed: one plain cancel per request left
+    /// all but one in flight) and one for the wake poll.
+    fn cancel_accepts_and_wake(&mut self) {
         for shard in 0..self.shards.len() {
             let wake = shard == 0 && self.wake_armed;
             for (armed, ud) in [
@@ -1110,6 +1106,17 @@ impl<D: Descriptor> Worker<D> {
                 }
             }
         }
+    }
+
+    /// Stops accepting, closes every session, and reaps every completion
+    /// still due before the rings and their memory go.
+    fn shutdown(&mut self) -> io::Result<()> {
+        self.stopping = true;
+        // One cancel for every request of that user_data: direct
+        // descriptors keep up to ACCEPT_BATCH accepts armed, and one plain
+        // cancel per request left all but one of them in flight (shutdown
+        // then waited out DRAIN_TIMEOUT and leaked the buffers).
+        self.cancel_accepts_and_wake();
         self.listener = None; // the accept request holds its own reference
         for key in self.core.keys() {
             self.close(key, CloseReason::Shutdown);
