@@ -43,6 +43,7 @@
 #![allow(unsafe_code)]
 
 use crate::core::Carried;
+use crate::stats::Lineage;
 use nix::sys::socket::{
     self, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
     SockType, UnixAddr,
@@ -85,7 +86,7 @@ pub fn takeover_name(pid: u32) -> String {
 }
 
 /// Messages between processes, one per SOCK_SEQPACKET message, as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum Control {
     /// Command line → running server: start `binary` (default: the one
@@ -102,8 +103,13 @@ pub enum Control {
     },
     /// New → old: my workers wait at `takeover`.
     Ready { takeover: String },
-    /// Old → new: every session is yours; serve.
-    Commit,
+    /// Old → new: every session is yours; serve. `lineage`: the old
+    /// process's counters and CPU, for the new one to go on from (none
+    /// from a supervisor's child: the supervisor keeps those).
+    Commit {
+        #[serde(default)]
+        lineage: Option<Lineage>,
+    },
     /// Old → new, or new → old: stop here; the old process keeps serving.
     Abort { why: String },
     /// Old → command line: the outcome of an upgrade.
@@ -848,6 +854,18 @@ mod tests {
         assert_eq!(fds.len(), 1);
         let l = TcpListener::from(fds.into_iter().next().unwrap());
         assert_eq!(l.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let commit = Control::Commit {
+            lineage: Some(Lineage {
+                upgrades: 1,
+                cpu_user_s: 0.5,
+                ..Lineage::default()
+            }),
+        };
+        send_control(a.as_fd(), &commit, &[]).unwrap();
+        assert_eq!(recv_control(b.as_fd()).unwrap().0, commit);
+        // A commit without a lineage (a supervisor's child) parses too.
+        let bare: Control = serde_json::from_str(r#"{"msg":"commit"}"#).unwrap();
+        assert_eq!(bare, Control::Commit { lineage: None });
         drop(a);
         let e = recv_control(b.as_fd()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);

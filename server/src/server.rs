@@ -12,7 +12,7 @@ use crate::lag::LoopLag;
 use crate::limits::{self, NoFile};
 use crate::listen::bind_listeners;
 use crate::shed::AcceptGate;
-use crate::stats::{ProcessUsage, Report, WorkerStats};
+use crate::stats::{Lineage, ProcessUsage, Report, WorkerStats};
 use crate::sys::{self, AdmissionControl, RunningWorker, WorkerSetup};
 use crate::upgrade;
 use anyhow::{bail, Context, Result};
@@ -308,8 +308,10 @@ fn serve(
     // Let the workers allocate their buffers before the baseline reading.
     std::thread::sleep(Duration::from_millis(50));
     let baseline = ProcessUsage::read().rss_bytes;
+    let mut inherited = None;
     if let Some(t) = takeover.as_ref() {
         let moved = t.finish(&ports)?;
+        inherited = moved.lineage;
         println!(
             "c10m-server: took over {} from pid {} in {} ms (sessions unserved for {} ms)",
             moved.what(),
@@ -368,20 +370,39 @@ fn serve(
         r.uptime_s = started.elapsed().as_secs_f64();
         r.max_sessions = max_sessions;
         r.listen_overflows = overflows;
+        if let Some(l) = &inherited {
+            l.apply(&mut r);
+        }
         r
     };
-    let mut last: Option<Report> = None;
+    // After an upgrade the first line's rates start from the inherited
+    // counters, at this process's start.
+    let mut last: Option<Report> = inherited.map(|l| {
+        let mut r = Report::new(Vec::new(), ProcessUsage::default(), 0);
+        l.apply(&mut r);
+        r
+    });
     let mut next_line = started + config.stats_interval;
     let mut failure = None;
     let mut handed_off = None;
     while !stop.load(Ordering::Relaxed) {
         if let Some(request) = upgrades.poll() {
             let offer: Vec<_> = listener_dups.iter().map(|l| l.as_fd()).collect();
+            // What the successor goes on from (a supervisor's child hands
+            // on nothing: the supervisor keeps its children's counters).
+            let lineage = || {
+                let supervised = std::env::var_os(crate::supervisor::SUPERVISOR_PID_ENV).is_some();
+                (!supervised).then(|| {
+                    let own = stats.iter().map(|s| s.snapshot()).sum();
+                    Lineage::hand_on(inherited.as_ref(), own, ProcessUsage::read())
+                })
+            };
             let peers = Peers {
                 workers: &workers,
                 ports: &ports,
                 listeners: &offer,
                 bound,
+                lineage: &lineage,
             };
             if let Some(moved) = upgrade_on(request, relaunch, upgrades, &peers) {
                 handed_off = Some(moved);
@@ -456,6 +477,7 @@ struct Peers<'a> {
     ports: &'a [Arc<crate::handoff::Port>],
     listeners: &'a [std::os::fd::BorrowedFd<'a>],
     bound: SocketAddr,
+    lineage: &'a dyn Fn() -> Option<Lineage>,
 }
 
 /// Serves an upgrade request: `Some` when every session now belongs to the
@@ -474,6 +496,7 @@ fn upgrade_on(
             peers.ports,
             peers.listeners,
             peers.bound,
+            peers.lineage,
         )
     };
     let (outcome, reply) = match request {

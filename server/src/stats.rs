@@ -149,6 +149,58 @@ impl WorkerStats {
     }
 }
 
+impl Snapshot {
+    /// The counters alone: the gauges (sessions open, spill bytes, lag now,
+    /// workers shedding) zeroed. What outlives the process that counted
+    /// them: a died or upgraded child's under a supervisor, an upgraded
+    /// process's in its successor ([`Lineage`]).
+    pub fn counters(mut self) -> Snapshot {
+        self.sessions_open = 0;
+        self.spill_bytes = 0;
+        self.lag_shedding = 0;
+        self.loop_lag_us = 0;
+        self
+    }
+}
+
+/// What a process that upgraded in place hands its successor, so the
+/// successor's counters and CPU go on from the old process's instead of
+/// starting at zero (a supervisor's children keep theirs in the supervisor
+/// instead: see `supervisor::Totals`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// Every counter of this process and its predecessors; gauges zero.
+    pub counters: Snapshot,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    /// Upgrades in place so far, this one included.
+    pub upgrades: u64,
+}
+
+impl Lineage {
+    /// What a process hands on: its own counters (`own`, summed over its
+    /// workers) and CPU, on top of what it inherited.
+    pub fn hand_on(inherited: Option<&Lineage>, own: Snapshot, usage: ProcessUsage) -> Lineage {
+        let base = inherited.copied().unwrap_or_default();
+        let mut counters = base.counters;
+        counters += own.counters();
+        Lineage {
+            counters,
+            cpu_user_s: base.cpu_user_s + usage.cpu_user_s,
+            cpu_sys_s: base.cpu_sys_s + usage.cpu_sys_s,
+            upgrades: base.upgrades + 1,
+        }
+    }
+
+    /// Adds what the predecessors counted to this process's report.
+    pub fn apply(&self, report: &mut Report) {
+        report.totals += self.counters;
+        report.cpu_user_s += self.cpu_user_s;
+        report.cpu_sys_s += self.cpu_sys_s;
+        report.upgrades = self.upgrades;
+    }
+}
+
 impl std::ops::AddAssign for Closed {
     fn add_assign(&mut self, o: Closed) {
         self.peer += o.peer;
@@ -227,6 +279,10 @@ pub struct Report {
     /// the overload signal behind fast reject.
     #[serde(default)]
     pub listen_overflows: u64,
+    /// Upgrades in place this server went through (`c10m-server upgrade`,
+    /// SIGUSR2): its counters and CPU include its predecessors'.
+    #[serde(default)]
+    pub upgrades: u64,
     /// Per worker (one process), or per child process (supervisor).
     pub workers: Vec<Snapshot>,
 }
@@ -257,6 +313,7 @@ impl Report {
             restarts: 0,
             sessions_lost: 0,
             listen_overflows: 0,
+            upgrades: 0,
             workers,
         }
     }
@@ -288,12 +345,17 @@ impl Report {
         } else {
             String::new()
         };
+        let upgrades = if self.upgrades > 0 {
+            format!(" upgrades={}", self.upgrades)
+        } else {
+            String::new()
+        };
         format!(
             "stats t={:.1}s open={} accepted={} accepts/s={:.0} rejected={} shed={} \
              shed_lag={} lag_shedding={} loop_lag_ms={:.1} loop_lag_max_ms={:.1} \
              closed=peer:{},evicted:{},protocol:{},reset:{},overflow:{},shutdown:{},frame_timeout:{} \
              heartbeats={} hb/s={:.0} in={} out={} spill={} accept_fd_errors={} \
-             enobufs={} rearms={} rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}",
+             enobufs={} rearms={} rss={} rss/session={:.1}B cpu=user:{:.2}s,sys:{:.2}s{}{}",
             self.uptime_s,
             t.sessions_open,
             t.accepted,
@@ -324,6 +386,7 @@ impl Report {
             self.cpu_user_s,
             self.cpu_sys_s,
             procs,
+            upgrades,
         )
     }
 }
@@ -448,6 +511,67 @@ mod tests {
         for key in ["peer", "evicted", "protocol", "reset"] {
             assert!(json["closed"].get(key).is_some(), "missing closed.{key}");
         }
+    }
+
+    #[test]
+    fn a_lineage_carries_counters_and_cpu_not_gauges_through_upgrades() {
+        let own = Snapshot {
+            sessions_open: 7,
+            spill_bytes: 100,
+            lag_shedding: 1,
+            loop_lag_us: 500,
+            loop_lag_max_us: 9_000,
+            accepted: 10,
+            heartbeats: 40,
+            closed: Closed {
+                peer: 3,
+                ..Closed::default()
+            },
+            ..Snapshot::default()
+        };
+        let usage = ProcessUsage {
+            rss_bytes: 1 << 20,
+            cpu_user_s: 1.5,
+            cpu_sys_s: 2.0,
+        };
+        let first = Lineage::hand_on(None, own, usage);
+        assert_eq!(first.upgrades, 1);
+        assert_eq!(
+            (first.counters.accepted, first.counters.heartbeats),
+            (10, 40)
+        );
+        assert_eq!(first.counters.closed.peer, 3);
+        assert_eq!(
+            (first.counters.sessions_open, first.counters.spill_bytes),
+            (0, 0),
+            "the sessions are counted again where they went"
+        );
+        assert_eq!(
+            (first.counters.lag_shedding, first.counters.loop_lag_us),
+            (0, 0)
+        );
+        assert_eq!(first.counters.loop_lag_max_us, 9_000);
+        // The successor counts on from there, and hands on the sum.
+        let second = Lineage::hand_on(Some(&first), own, usage);
+        assert_eq!(second.upgrades, 2);
+        assert_eq!(
+            (second.counters.accepted, second.counters.heartbeats),
+            (20, 80)
+        );
+        assert_eq!((second.cpu_user_s, second.cpu_sys_s), (3.0, 4.0));
+        let mut r = Report::new(vec![own], usage, 0);
+        second.apply(&mut r);
+        assert_eq!(r.totals.accepted, 30);
+        assert_eq!(r.totals.sessions_open, 7, "only this process's sessions");
+        assert_eq!((r.cpu_user_s, r.upgrades), (4.5, 2));
+        assert!(r.line(None).ends_with(" upgrades=2"), "{}", r.line(None));
+        let plain = Report::new(vec![own], usage, 0).line(None);
+        assert!(!plain.contains("upgrades="), "{plain}");
+        // A report from before the field reads as no upgrade.
+        let mut json = serde_json::to_value(&r).unwrap();
+        json.as_object_mut().unwrap().remove("upgrades");
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.upgrades, 0);
     }
 
     #[test]

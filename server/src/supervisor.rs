@@ -512,6 +512,7 @@ fn upgrade_children(
             }
         }
     }
+    totals.upgrades += 1;
     Ok(format!(
         "upgraded {upgraded} children to {}: {sessions} sessions handed off in {} ms \
          (one child at a time; the slowest {} ms)",
@@ -528,22 +529,18 @@ struct Totals {
     retired_cpu: (f64, f64),
     restarts: u64,
     lost: u64,
+    /// Upgrades in place that replaced every child.
+    upgrades: u64,
 }
 
 impl Totals {
     /// Keeps the counters of a child that is gone (died, or handed its
     /// sessions to a new process); returns the sessions it held then.
     fn retire(&mut self, r: &Report) -> u64 {
-        let mut kept = r.totals;
-        let open = kept.sessions_open;
-        kept.sessions_open = 0;
-        kept.spill_bytes = 0;
-        kept.lag_shedding = 0;
-        kept.loop_lag_us = 0;
-        self.retired += kept;
+        self.retired += r.totals.counters();
         self.retired_cpu.0 += r.cpu_user_s;
         self.retired_cpu.1 += r.cpu_sys_s;
-        open
+        r.totals.sessions_open
     }
 
     fn report(&self, slots: &[Slot], own_baseline: u64, started: Instant, max: u64) -> Report {
@@ -581,6 +578,7 @@ impl Totals {
         report.procs = slots.len() as u64;
         report.restarts = self.restarts;
         report.sessions_lost = self.lost;
+        report.upgrades = self.upgrades;
         report
     }
 }

@@ -4,6 +4,7 @@
 //! which takes the listeners and waits for the commit.
 
 use crate::handoff::{self, Control, Port, Report};
+use crate::stats::Lineage;
 use crate::sys::RunningWorker;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsString;
@@ -21,7 +22,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STREAMS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a finished hand-off moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moved {
     pub sessions: u64,
     pub partial: u64,
@@ -34,6 +35,8 @@ pub struct Moved {
     pub pause: Duration,
     /// The other process.
     pub pid: u32,
+    /// New side: the old process's counters and CPU, to go on from.
+    pub lineage: Option<Lineage>,
 }
 
 impl Moved {
@@ -211,6 +214,7 @@ pub fn hand_off(
     ports: &[Arc<Port>],
     listeners: &[BorrowedFd<'_>],
     bound: SocketAddr,
+    lineage: &dyn Fn() -> Option<Lineage>,
 ) -> Result<Moved> {
     let started = Instant::now();
     let raw: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
@@ -248,7 +252,9 @@ pub fn hand_off(
         }
     }
     if failures.is_empty() {
-        match handoff::send_control(conn.as_fd(), &Control::Commit, &[]) {
+        // Every worker has stopped and published its last counters.
+        let commit = Control::Commit { lineage: lineage() };
+        match handoff::send_control(conn.as_fd(), &commit, &[]) {
             Ok(()) => {
                 for port in ports {
                     port.decide(true);
@@ -367,7 +373,7 @@ impl Takeover {
                     word = Some(handoff::recv_control(self.conn.as_fd()));
                 }
                 match &word {
-                    Some(Ok((Control::Commit, _))) | None => {}
+                    Some(Ok((Control::Commit { .. }, _))) | None => {}
                     Some(Ok((Control::Abort { why }, _))) => {
                         bail!("the old process called the hand-off off: {why}")
                     }
@@ -393,7 +399,7 @@ impl Takeover {
             None => handoff::recv_control(self.conn.as_fd()),
         };
         match word.context("waiting for the commit")? {
-            (Control::Commit, _) => {}
+            (Control::Commit { lineage }, _) => moved.lineage = lineage,
             (Control::Abort { why }, _) => bail!("the old process called the hand-off off: {why}"),
             (other, _) => bail!("expected the commit, got {other:?}"),
         }

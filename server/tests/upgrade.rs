@@ -195,9 +195,10 @@ fn upgrade_hands_over_every_session_under_traffic(backend: Backend) {
     let line = server.wait_stat("open", |v| v == N as u64 + 2, Duration::from_secs(10));
     assert_eq!(
         stat(&line, "accepted"),
-        Some(1),
-        "only the fresh one: {line}"
+        Some(N as u64 + 2),
+        "the old process's count goes on, plus the fresh one: {line}"
     );
+    assert_eq!(stat(&line, "upgrades"), Some(1), "{line}");
     assert!(
         server
             .stderr()
@@ -226,7 +227,15 @@ fn upgrade_hands_over_every_session_under_traffic(backend: Backend) {
     assert_eq!(stopped.stats["closed"]["shutdown"], N as u64 + 2);
     assert_eq!(stopped.stats["closed"]["reset"], 0);
     assert_eq!(stopped.stats["closed"]["overflow"], 0);
-    assert_eq!(stopped.stats["accepted"], 1);
+    assert_eq!(stopped.stats["accepted"], N as u64 + 2);
+    assert_eq!(stopped.stats["upgrades"], 1);
+    // Every ping of the blocked session was counted once, by one process
+    // or the other.
+    assert!(
+        stopped.stats["heartbeats"].as_u64().unwrap() >= pings as u64 + N as u64,
+        "{}",
+        stopped.stats
+    );
 }
 
 fn a_new_binary_that_fails_leaves_every_session_served(backend: Backend) {
@@ -325,8 +334,17 @@ fn sigusr2_upgrades_without_a_command(backend: Backend) {
     };
     server.upgraded_to(pid);
     ping_all(&mut clients, "x");
+    // A second upgrade goes on from the first one's counters.
+    let (ok, said) = upgrade(pid, &[]);
+    assert!(ok, "{said}\n{}", server.stderr());
+    server.upgraded_to(new_pid(&said));
+    ping_all(&mut clients, "y");
     let stopped = server.stop();
     assert_eq!(stopped.stats["closed"]["shutdown"], 300);
+    assert_eq!(stopped.stats["accepted"], 300, "{}", stopped.stats);
+    assert_eq!(stopped.stats["upgrades"], 2);
+    // open_and_echo's ping and two more per session, each counted once.
+    assert_eq!(stopped.stats["heartbeats"], 900, "{}", stopped.stats);
 }
 
 /// Direct descriptors under an RLIMIT_NOFILE of 1 000: 1 500 sessions
@@ -392,8 +410,9 @@ fn a_supervisor_upgrades_each_child(backend: Backend) {
     assert_eq!(stopped.stats["closed"]["shutdown"], 1_000);
     assert_eq!(
         stopped.stats["accepted"], 1_000,
-        "the old children's count is kept"
+        "the old children's count is kept, once"
     );
+    assert_eq!(stopped.stats["upgrades"], 1);
     assert!(
         stopped.stderr.contains("upgrade refused: this is a child"),
         "{}",

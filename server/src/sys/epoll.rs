@@ -378,6 +378,8 @@ impl State {
             Err(e) => handoff::Report::Failed(format!("worker {}: {e}", self.id)),
         };
         let sent = matches!(report, handoff::Report::Done { .. });
+        // The counters the successor goes on from (upgrade::hand_off).
+        self.publish();
         self.handoff.report(report);
         if sent && self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
             return true;

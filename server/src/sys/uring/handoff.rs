@@ -94,6 +94,8 @@ impl<D: Descriptor> Worker<D> {
             Err(e) => Report::Failed(format!("worker {}: {e}", self.id)),
         };
         let sent = matches!(report, Report::Done { .. });
+        // The counters the successor goes on from (upgrade::hand_off).
+        self.publish();
         self.handoff.report(report);
         if sent && self.handoff.wait_verdict(handoff::VERDICT_TIMEOUT) {
             return Ok(true);
