@@ -110,6 +110,9 @@ pub enum Control {
         #[serde(default)]
         lineage: Option<Lineage>,
     },
+    /// New → old, after the commit: every session taken is armed (read
+    /// from) here; the old process may go.
+    Serving,
     /// Old → new, or new → old: stop here; the old process keeps serving.
     Abort { why: String },
     /// Old → command line: the outcome of an upgrade.

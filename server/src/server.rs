@@ -540,15 +540,23 @@ fn upgrade_on(
         }
         upgrade::Request::Takeover { conn, pid } => (give(&conn, pid), None),
     };
-    let said = outcome.as_ref().map(|m| {
-        format!(
-            "handed off {} to pid {} in {} ms (its workers stopped {} ms before the commit)",
+    let said =
+        outcome.as_ref().map(|m| {
+            format!(
+            "handed off {} to pid {} in {} ms (its workers stopped {} ms before the commit); {}",
             m.what(),
             m.pid,
             m.elapsed.as_millis(),
-            m.pause.as_millis()
+            m.pause.as_millis(),
+            match &m.serving {
+                Some(Ok(after)) => format!("it serves them since {} ms after", after.as_millis()),
+                Some(Err(why)) => {
+                    format!("it did not confirm that it serves them ({why}): check pid {}", m.pid)
+                }
+                None => "it serves them".to_string(),
+            }
         )
-    });
+        });
     match &said {
         Ok(message) => println!("c10m-server: {message}; exiting"),
         Err(e) => eprintln!("c10m-server: upgrade failed, every session still served here: {e:#}"),

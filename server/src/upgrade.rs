@@ -22,7 +22,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STREAMS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a finished hand-off moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moved {
     pub sessions: u64,
     pub partial: u64,
@@ -37,6 +37,9 @@ pub struct Moved {
     pub pid: u32,
     /// New side: the old process's counters and CPU, to go on from.
     pub lineage: Option<Lineage>,
+    /// Old side: from the commit to the new process's word that it serves
+    /// every session (or why that word did not come).
+    pub serving: Option<std::result::Result<Duration, String>>,
 }
 
 impl Moved {
@@ -261,6 +264,11 @@ pub fn hand_off(
                 }
                 moved.elapsed = started.elapsed();
                 moved.pause = paused.elapsed();
+                // Past the commit the sessions are the new process's,
+                // whatever it says; this one leaves once it serves them.
+                let committed = Instant::now();
+                moved.serving =
+                    Some(wait_serving(conn.as_fd(), SERVING_TIMEOUT).map(|()| committed.elapsed()));
                 return Ok(moved);
             }
             Err(e) => failures.push(format!("committing: {e}")),
@@ -411,7 +419,30 @@ impl Takeover {
         }
         moved.elapsed = self.started.elapsed();
         moved.pause = paused.elapsed();
+        // The old process waits for this before it exits.
+        let _ = handoff::send_control(self.conn.as_fd(), &Control::Serving, &[]);
         Ok(moved)
+    }
+}
+
+/// How long an old process waits, past the commit, for the new one to say
+/// it serves before it leaves anyway.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Old process, past the commit: waits up to `timeout` for
+/// [`Control::Serving`].
+fn wait_serving(conn: BorrowedFd<'_>, timeout: Duration) -> std::result::Result<(), String> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [nix::poll::PollFd::new(conn, nix::poll::PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+        Ok(0) => return Err(format!("no word within {timeout:?}")),
+        Ok(_) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match handoff::recv_control(conn) {
+        Ok((Control::Serving, _)) => Ok(()),
+        Ok((other, _)) => Err(format!("it said {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

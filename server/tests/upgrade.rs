@@ -157,6 +157,8 @@ fn upgrade_hands_over_every_session_under_traffic(backend: Backend) {
     assert_eq!((sessions, blocked_n), (N as u64 + 1, 1), "{said}");
     assert!(partial >= 1, "{said}");
     assert!(said.contains(" and 2 listeners to pid "), "{said}");
+    // The old process leaves only once the new one serves every session.
+    assert!(said.contains("; it serves them since "), "{said}");
     let old = server.pid;
     let new = new_pid(&said);
     server.upgraded_to(new);
