@@ -313,6 +313,17 @@ pub struct Begin {
     pub tick_ns: u64,
 }
 
+impl Begin {
+    /// A worker's stream: `sessions` follow, their deadlines in `tick`s.
+    pub fn new(worker: usize, sessions: usize, tick: Duration) -> Begin {
+        Begin {
+            worker: worker as u32,
+            sessions: sessions as u64,
+            tick_ns: tick.as_nanos() as u64,
+        }
+    }
+}
+
 const TAG_BEGIN: u8 = b'B';
 const TAG_BATCH: u8 = b'S';
 const TAG_BYTES: u8 = b'D';
@@ -620,22 +631,7 @@ impl Port {
 
     /// Main thread: the worker's report, waiting up to `timeout`.
     pub fn wait_report(&self, timeout: Duration) -> Option<Report> {
-        let deadline = Instant::now() + timeout;
-        let mut report = lock(&self.report);
-        loop {
-            if let Some(r) = report.clone() {
-                return Some(r);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            report = self
-                .cv
-                .wait_timeout(report, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_for(&self.report, timeout, |r| r.clone())
     }
 
     /// New worker: every session taken is armed (read from) now.
@@ -646,20 +642,8 @@ impl Port {
 
     /// New side, main thread: waits up to `timeout` for [`Self::mark_armed`].
     pub fn wait_armed(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut armed = lock(&self.armed);
-        while !*armed {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            armed = self
-                .cv
-                .wait_timeout(armed, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        self.wait_for(&self.armed, timeout, |&armed| armed.then_some(()))
+            .is_some()
     }
 
     /// New worker: reports how taking its sessions went and waits for the
@@ -691,19 +675,31 @@ impl Port {
     /// Worker: waits for the decision (`false` after `timeout`: an old
     /// worker resumes, a new one stops).
     pub fn wait_verdict(&self, timeout: Duration) -> bool {
+        self.wait_for(&self.verdict, timeout, |&v| v)
+            .unwrap_or(false)
+    }
+
+    /// Waits up to `timeout` until `ready` finds what it waits for in
+    /// `slot` (set by another thread, which then notifies `cv`).
+    fn wait_for<T, R>(
+        &self,
+        slot: &Mutex<T>,
+        timeout: Duration,
+        ready: impl Fn(&T) -> Option<R>,
+    ) -> Option<R> {
         let deadline = Instant::now() + timeout;
-        let mut verdict = lock(&self.verdict);
+        let mut guard = lock(slot);
         loop {
-            if let Some(v) = *verdict {
-                return v;
+            if let Some(r) = ready(&guard) {
+                return Some(r);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return None;
             }
-            verdict = self
+            guard = self
                 .cv
-                .wait_timeout(verdict, left)
+                .wait_timeout(guard, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }

@@ -147,11 +147,7 @@ impl<D: Descriptor> Worker<D> {
     fn send_all(&mut self, target: &str) -> io::Result<Report> {
         let now = self.clock.tick_at(Instant::now());
         let keys = self.core.keys();
-        let begin = handoff::Begin {
-            worker: self.id as u32,
-            sessions: keys.len() as u64,
-            tick_ns: self.clock.tick().as_nanos() as u64,
-        };
+        let begin = handoff::Begin::new(self.id, keys.len(), self.clock.tick());
         let mut sender = handoff::Sender::connect(target, begin)?;
         let (mut partial, mut blocked) = (0, 0);
         for chunk in keys.chunks(handoff::BATCH) {
