@@ -122,6 +122,28 @@ struct ChildOutput {
     /// `backend=…` from the child's start-up line.
     backend: String,
     latest: Option<Report>,
+    /// The child's stdout reached its end: every line it wrote is above.
+    closed: bool,
+}
+
+/// How long the supervisor waits, once a child has exited, for its reader
+/// thread to take in the last lines the child wrote.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`OUTPUT_DRAIN`]) until the reader thread of an exited
+/// child has seen the end of its stdout. An exit is seen by `try_wait`
+/// before the reader has necessarily read the last lines (the hand-off
+/// count among them), so reading `output` right away could miss them.
+fn drained(output: &Mutex<ChildOutput>) -> std::sync::MutexGuard<'_, ChildOutput> {
+    let deadline = Instant::now() + OUTPUT_DRAIN;
+    loop {
+        let out = output.lock().unwrap_or_else(|e| e.into_inner());
+        if out.closed || Instant::now() > deadline {
+            return out;
+        }
+        drop(out);
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 struct Slot {
@@ -372,6 +394,7 @@ fn start(slot: &mut Slot, mut command: Command) -> Result<()> {
                 }
             }
         }
+        sink.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
     });
     slot.child = Some(child);
     slot.output = output;
@@ -425,6 +448,7 @@ fn upgrade_children(
 ) -> Result<String> {
     let started = Instant::now();
     let (mut upgraded, mut sessions) = (0, 0u64);
+    let mut uncounted = Vec::new(); // children whose count did not come
     let mut slowest = Duration::ZERO;
     for (i, slot) in slots.iter_mut().enumerate() {
         let Some(old_pid) = slot.child.as_ref().map(|c| c.id()) else {
@@ -467,29 +491,26 @@ fn upgrade_children(
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let old_said = old_output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .handed_off
-            .clone();
         match outcome {
             Ok(()) => {
+                // The old process has exited: its last lines (the hand-off
+                // count, its last stats) are read in before they are used.
+                let mut old_said = drained(&old_output);
                 // The old process's counters stay in the totals; its
                 // sessions are not lost: the new one holds them.
-                let last = read_report(&slot.stats_path).or_else(|| {
-                    old_output
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .latest
-                        .take()
-                });
+                let last = read_report(&slot.stats_path).or_else(|| old_said.latest.take());
                 if let Some(r) = last {
                     totals.retire(&r);
                 }
-                sessions += old_said
+                match old_said
+                    .handed_off
                     .as_deref()
                     .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                    .unwrap_or(0);
+                {
+                    Some(n) => sessions += n,
+                    None => uncounted.push(i),
+                }
+                drop(old_said);
                 slot.started = Instant::now();
                 slot.failures = 0;
                 upgraded += 1;
@@ -513,8 +534,15 @@ fn upgrade_children(
         }
     }
     totals.upgrades += 1;
+    let unsaid = if uncounted.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (not counting children {uncounted:?}, which did not say how many they handed off)"
+        )
+    };
     Ok(format!(
-        "upgraded {upgraded} children to {}: {sessions} sessions handed off in {} ms \
+        "upgraded {upgraded} children to {}: {sessions} sessions handed off{unsaid} in {} ms \
          (one child at a time; the slowest {} ms)",
         program.display(),
         started.elapsed().as_millis(),
@@ -596,12 +624,7 @@ fn supervise(
         };
         let lived = slot.started.elapsed();
         slot.child = None;
-        let last = slot
-            .output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .latest
-            .take();
+        let last = drained(&slot.output).latest.take();
         if let Some(r) = last {
             let open = totals.retire(&r);
             totals.lost += open;
