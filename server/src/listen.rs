@@ -13,6 +13,30 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
+/// How the kernel spreads new connections over the workers' listeners
+/// (`--steer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Steer {
+    /// By a hash of the connection's addresses: an even spread whatever
+    /// the clients do.
+    #[default]
+    Hash,
+    /// To the worker pinned on the CPU that handles the connection's
+    /// packets (SO_INCOMING_CPU; on loopback, the connecting thread's CPU):
+    /// a client thread pinned there and its server worker then wake each
+    /// other without crossing CPUs.
+    Cpu,
+}
+
+impl Steer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Steer::Hash => "hash",
+            Steer::Cpu => "cpu",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ListenError {

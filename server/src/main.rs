@@ -38,6 +38,17 @@ struct Cli {
     #[arg(long)]
     no_pin: bool,
 
+    /// Which worker's listener the kernel gives a new connection. `hash`:
+    /// by a hash of its addresses, an even spread whatever the clients do.
+    /// `cpu`: the worker pinned on the CPU that handles the connection's
+    /// packets (SO_INCOMING_CPU, honoured by Linux 6.1+; on loopback the
+    /// connecting thread's CPU), so that a client thread pinned there and
+    /// its worker wake each other without crossing CPUs. Needs pinned
+    /// workers; clients that all connect from one CPU then all land on
+    /// its worker, whose share of --max-sessions bounds them
+    #[arg(long, value_enum, default_value_t = c10m_server::listen::Steer::Hash)]
+    steer: c10m_server::listen::Steer,
+
     /// Most sessions held at once; more are accepted and closed at once
     /// (counted as rejected) [default: what RLIMIT_NOFILE allows]
     #[arg(long)]
@@ -326,11 +337,18 @@ fn config(cli: Cli) -> Result<ServerConfig> {
             c10m_server::sys::uring::TURN_MAX
         );
     }
+    if cli.no_pin && cli.steer == c10m_server::listen::Steer::Cpu {
+        bail!(
+            "--steer cpu hands each CPU's connections to the worker pinned there; \
+             with --no-pin no worker is: drop one of the two"
+        );
+    }
     Ok(ServerConfig {
         listen: cli.listen,
         workers,
         cpus,
         pin: !cli.no_pin,
+        steer: cli.steer,
         max_sessions: cli.max_sessions,
         idle_timeout: cli.idle_timeout.max(Duration::from_millis(10)),
         frame_timeout: cli.frame_timeout.max(Duration::from_millis(10)),

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     /// CPUs to pin workers to, in order (worker i → cpus[i % len]).
     pub cpus: Vec<usize>,
     pub pin: bool,
+    /// `--steer`: which worker's listener the kernel gives a connection.
+    pub steer: crate::listen::Steer,
     /// `None`: as many as the descriptor limit allows.
     pub max_sessions: Option<u64>,
     pub idle_timeout: Duration,
@@ -243,6 +245,19 @@ fn serve(
         Some(t) => (std::mem::take(&mut t.listeners), t.bound),
         None => bind_listeners(config.listen, n_workers, config.backlog, config.join)?,
     };
+    // Every listener is set as this process asks, taken-over ones included
+    // (the old process may have steered otherwise).
+    for (id, listener) in listeners.iter().enumerate() {
+        let cpu = (config.steer == crate::listen::Steer::Cpu)
+            .then(|| config.cpus.get(id % config.cpus.len().max(1)).copied())
+            .flatten();
+        sys::steer_listener(listener, cpu).with_context(|| match cpu {
+            Some(cpu) => {
+                format!("--steer cpu: setting SO_INCOMING_CPU {cpu} on worker {id}'s listener")
+            }
+            None => format!("clearing SO_INCOMING_CPU on worker {id}'s listener"),
+        })?;
+    }
     // Duplicates for a hand-off's offer (workers with tables of their own
     // keep theirs out of this thread's reach).
     let listener_dups: Vec<OwnedFd> = listeners
@@ -582,13 +597,14 @@ pub(crate) fn announce_listening(
     max_sessions: u64,
 ) {
     println!(
-        "c10m-server listening on {bound} {what} cpus={} max_sessions={max_sessions} \
+        "c10m-server listening on {bound} {what} cpus={} steer={} max_sessions={max_sessions} \
          idle_timeout={} max_frame={} pid={}",
         if config.pin {
             cpu_list(&config.cpus)
         } else {
             "unpinned".into()
         },
+        config.steer.name(),
         humantime::format_duration(config.idle_timeout),
         config.max_frame,
         std::process::id(),

@@ -349,6 +349,7 @@ fn child_command(
     if !config.pin {
         cmd.arg("--no-pin");
     }
+    cmd.args(["--steer", config.steer.name()]);
     if let Some(svg) = crate::profile::for_child(&slot.stats_path) {
         cmd.arg("--profile").arg(svg);
     }
@@ -710,6 +711,7 @@ mod tests {
             workers: cpus.len(),
             cpus,
             pin: true,
+            steer: crate::listen::Steer::Hash,
             max_sessions: max,
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(10),

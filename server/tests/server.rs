@@ -35,6 +35,7 @@ backend_tests!(
     an_exhausted_buffer_ring_rearms_without_losing_a_byte,
     closing_a_session_costs_the_same_with_many_held,
     a_capped_turn_leaves_the_rest_for_the_next_and_loses_nothing,
+    steer_cpu_gives_each_cpus_connections_to_the_worker_pinned_there,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -815,6 +816,84 @@ fn startup_line_names_the_backend_and_why(backend: Backend) {
     assert!(line.contains(descriptors), "{line}");
     roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
     assert!(server.stop().status.success());
+}
+
+/// `--steer cpu`: the kernel hands a connection to the worker pinned on the
+/// CPU that handled its SYN, on loopback the connecting thread's CPU; the
+/// default `hash` spreads one CPU's connections over every worker.
+fn steer_cpu_gives_each_cpus_connections_to_the_worker_pinned_there(backend: Backend) {
+    let cpus = c10m_server::sys::allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("SKIPPED steer_cpu_gives_each_cpus_connections_to_the_worker_pinned_there: needs 2 CPUs, this process may use {cpus:?}");
+        return;
+    }
+    let _fds = light();
+    let cores = format!("{},{}", cpus[0], cpus[1]);
+    // Opens `n` sessions from a thread pinned to `cpu`, each answered.
+    let open_from = |server: &Server, cpu: usize, n: usize| -> Vec<TcpStream> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                c10m_server::sys::pin_current_thread(cpu).unwrap();
+                (0..n)
+                    .map(|_| {
+                        let mut c = server.connect();
+                        roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+                        c
+                    })
+                    .collect()
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    let accepted = |stats: &serde_json::Value| -> Vec<u64> {
+        stats["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["accepted"].as_u64().unwrap())
+            .collect()
+    };
+
+    let server = Server::start(
+        backend,
+        &["--workers", "2", "--cores", &cores, "--steer", "cpu"],
+    );
+    let line = server.startup_line();
+    assert!(line.contains(" steer=cpu "), "{line}");
+    // Worker i is pinned to the i-th CPU of --cores.
+    let _second = open_from(&server, cpus[1], 40);
+    let _first = open_from(&server, cpus[0], 25);
+    let stopped = server.stop();
+    assert_eq!(accepted(&stopped.stats), [25, 40], "{}", stopped.stats);
+
+    // The default: 64 connections from one CPU land on both workers (all
+    // on one has the odds of 64 coin tosses coming up the same).
+    let server = Server::start(backend, &["--workers", "2", "--cores", &cores]);
+    let line = server.startup_line();
+    assert!(line.contains(" steer=hash "), "{line}");
+    let _all = open_from(&server, cpus[1], 64);
+    let stopped = server.stop();
+    let spread = accepted(&stopped.stats);
+    assert_eq!(spread.iter().sum::<u64>(), 64, "{}", stopped.stats);
+    assert!(spread.iter().all(|&n| n > 0), "{spread:?}");
+}
+
+/// `--steer cpu` needs workers pinned to CPUs: with `--no-pin` it is a
+/// one-line error naming both flags, before anything is bound.
+#[test]
+fn steer_cpu_without_pinned_workers_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_c10m-server"))
+        .args(["--steer", "cpu", "--no-pin", "--stats-interval", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--steer cpu") && stderr.contains("--no-pin"),
+        "{stderr}"
+    );
 }
 
 /// With direct descriptors each worker's ring holds its sessions in a file

@@ -23,6 +23,7 @@ use crate::shed::{AcceptGate, Gate};
 use crate::stats::WorkerStats;
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -356,6 +357,35 @@ pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu)?;
     sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+/// Sets a listener's SO_INCOMING_CPU: `Some(cpu)`, and the kernel hands a
+/// new connection whose packets it handles on `cpu` to this listener
+/// rather than to another of its SO_REUSEPORT group (Linux 6.1+ honours it
+/// in the group's selection; a CPU no listener names falls back to the
+/// group's hash); `None` clears it (-1), so the group's hash alone decides.
+pub fn steer_listener(listener: &impl AsFd, cpu: Option<usize>) -> io::Result<()> {
+    let value: libc::c_int = match cpu {
+        Some(cpu) => libc::c_int::try_from(cpu)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu}")))?,
+        None => -1,
+    };
+    // SAFETY: the option value is a c_int on the stack, its size passed
+    // with it; the descriptor is borrowed open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Gives the calling thread a descriptor table of its own that holds only
