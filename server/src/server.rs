@@ -84,6 +84,16 @@ pub struct ServerConfig {
     pub takeover: Option<u32>,
 }
 
+impl ServerConfig {
+    /// The CPU worker `id` is pinned to (worker i → cpus[i % len]), if
+    /// workers are pinned.
+    pub fn worker_cpu(&self, id: usize) -> Option<usize> {
+        self.pin
+            .then(|| self.cpus.get(id % self.cpus.len().max(1)).copied())
+            .flatten()
+    }
+}
+
 /// How the periodic stats line is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatsFormat {
@@ -248,9 +258,9 @@ fn serve(
     // Every listener is set as this process asks, taken-over ones included
     // (the old process may have steered otherwise).
     for (id, listener) in listeners.iter().enumerate() {
-        let cpu = (config.steer == crate::listen::Steer::Cpu)
-            .then(|| config.cpus.get(id % config.cpus.len().max(1)).copied())
-            .flatten();
+        let cpu = config
+            .worker_cpu(id)
+            .filter(|_| config.steer == crate::listen::Steer::Cpu);
         sys::steer_listener(listener, cpu).with_context(|| match cpu {
             Some(cpu) => {
                 format!("--steer cpu: setting SO_INCOMING_CPU {cpu} on worker {id}'s listener")
@@ -290,10 +300,7 @@ fn serve(
         stats.push(worker_stats.clone());
         let setup = WorkerSetup {
             id,
-            cpu: config
-                .pin
-                .then(|| config.cpus.get(id % config.cpus.len().max(1)).copied())
-                .flatten(),
+            cpu: config.worker_cpu(id),
             listener,
             core,
             tick,

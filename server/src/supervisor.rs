@@ -511,7 +511,6 @@ fn upgrade_children(
                     Some(n) => sessions += n,
                     None => uncounted.push(i),
                 }
-                drop(old_said);
                 slot.started = Instant::now();
                 slot.failures = 0;
                 upgraded += 1;

@@ -133,11 +133,7 @@ impl<D: Descriptor> Worker<D> {
                     self.wake_armed
                 )));
             }
-            if self.sharded() {
-                self.wait_sharded(Duration::from_millis(10))?;
-            } else {
-                self.enter(Duration::from_millis(10))?;
-            }
+            self.wait(Duration::from_millis(10))?;
             let now = self.clock.tick_at(Instant::now());
             self.turn(now)?;
         }

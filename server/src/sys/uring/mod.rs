@@ -705,6 +705,16 @@ impl<D: Descriptor> Worker<D> {
         self.shards.len() > 1
     }
 
+    /// Waits up to `timeout` for work: on the eventfd with several rings
+    /// ([`Self::wait_sharded`]), in the ring with one ([`Self::enter`]).
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.sharded() {
+            self.wait_sharded(timeout)
+        } else {
+            self.enter(timeout)
+        }
+    }
+
     /// Queues an SQE for ring `shard`.
     fn queue(&mut self, shard: usize, sqe: squeue::Entry) {
         self.shards[shard].pending.push(sqe);
@@ -720,11 +730,7 @@ impl<D: Descriptor> Worker<D> {
         }
         loop {
             let timeout = self.wait_timeout(Instant::now());
-            if self.sharded() {
-                self.wait_sharded(timeout)?;
-            } else {
-                self.enter(timeout)?;
-            }
+            self.wait(timeout)?;
             let woke = Instant::now();
             self.control.on_wake(self.clock.elapsed_ns(woke));
             let now = self.clock.tick_at(woke);
@@ -1124,11 +1130,7 @@ impl<D: Descriptor> Worker<D> {
         self.publish();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while (self.in_flight() > 0 || self.pending_any()) && Instant::now() < deadline {
-            if self.sharded() {
-                self.wait_sharded(Duration::from_millis(50))?;
-            } else {
-                self.enter(Duration::from_millis(50))?;
-            }
+            self.wait(Duration::from_millis(50))?;
             let now = self.clock.tick_at(Instant::now());
             self.turn(now)?;
         }
