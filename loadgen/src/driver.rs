@@ -591,10 +591,11 @@ impl<I: SocketIo> Driver<I> {
         true
     }
 
-    /// Serves the `n` bytes just read into `scratch` for session `idx`;
-    /// false if the session's connection ended doing so (a protocol error,
-    /// or a planned close that was waiting for these replies).
-    fn ingest(&mut self, idx: u32, n: usize, now_us: u64) -> bool {
+    /// Serves the `n` bytes just read into `scratch` for session `idx`,
+    /// which arrived at `arrived_us` (≤ `now_us`); false if the session's
+    /// connection ended doing so (a protocol error, or a planned close that
+    /// was waiting for these replies).
+    fn ingest(&mut self, idx: u32, n: usize, now_us: u64, arrived_us: u64) -> bool {
         let now = (now_us / 1_000) as u32;
         let spilled = self.sessions[idx as usize].has_read_spill();
         let mut buf = if spilled {
@@ -622,7 +623,7 @@ impl<I: SocketIo> Driver<I> {
             },
             counters: &mut self.counters,
             histos: &mut self.histos,
-            now_us,
+            arrived_us,
             connected: false,
             send: Vec::new(),
         };
@@ -651,7 +652,7 @@ impl<I: SocketIo> Driver<I> {
             self.read_spill.insert(idx, rest);
         }
         if connected {
-            self.on_connected(idx, now_us);
+            self.on_connected(idx, arrived_us);
         }
         if !send.is_empty() {
             self.out.clear();

@@ -552,7 +552,7 @@ fn io_uring_rings_past_rlimit_memlock_fall_back_to_epoll_or_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RLIMIT_MEMLOCK is 256 KiB"), "{err}");
     assert!(
-        err.contains("3 client rings of ~180 KiB need 540 KiB, and 1 fit"),
+        err.contains("3 client rings of ~164 KiB need 492 KiB, and 1 fit"),
         "{err}"
     );
     assert!(err.contains("use --io epoll"), "{err}");

@@ -17,7 +17,10 @@ pub(super) struct Replies<'a> {
     pub fifo: Option<&'a mut VecDeque<u32>>,
     pub counters: &'a mut Counters,
     pub histos: &'a mut Histos,
-    pub now_us: u64,
+    /// When these bytes arrived (µs of the run clock): the kernel's
+    /// receive time on io_uring, the read's time on epoll. Round trips
+    /// end here.
+    pub arrived_us: u64,
     /// Set when the bytes completed the protocol's handshake.
     pub connected: bool,
     /// Bytes to send back (a websocket pong to the server's ping).
@@ -79,7 +82,7 @@ impl Replies<'_> {
         };
         self.histos
             .rtt
-            .saturating_record(self.now_us.saturating_sub(intended_us));
+            .saturating_record(self.arrived_us.saturating_sub(intended_us));
         self.session.answered();
         self.counters.heartbeats_answered += 1;
         Ok(())
@@ -117,7 +120,7 @@ mod tests {
             fifo,
             counters: c,
             histos: h,
-            now_us,
+            arrived_us: now_us,
             connected: false,
             send: Vec::new(),
         };

@@ -303,7 +303,7 @@ impl Driver<EpollIo> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string())),
             };
-            if !self.ingest(idx, n, now_us) {
+            if !self.ingest(idx, n, now_us, now_us) {
                 return;
             }
             if n < self.scratch.len() {

@@ -10,6 +10,14 @@
 //! - **Connect.** One linked chain (socket, options, bind, connect); its
 //!   completion (or a failed step's) ends the connect. Then a multishot
 //!   recv is armed for the connection's life.
+//! - **Waiting.** On lazy rings (Linux 6.1+, see `ClientRings`) replies
+//!   wake nothing: the loop sleeps until its next deadline, but at most
+//!   [`REPLY_POLL_US`] while heartbeats await answers and
+//!   [`CONNECT_POLL_US`] while connects (or handshakes) are in flight,
+//!   then takes whatever arrived. A round trip ends at the kernel's
+//!   receive time of the reply (its SO_TIMESTAMPNS), so the wait is not
+//!   in it; a connect's latency ends when the loop sees its completion, at
+//!   most [`CONNECT_POLL_US`] late.
 //! - **Reads.** Each recv completion's bytes are parsed at once; one that
 //!   ends the recv (ENOBUFS when the ring's buffers ran dry, or the kernel
 //!   ending it) is re-armed at the end of the turn; ENOBUFS is counted
@@ -22,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 use super::{Driver, Sent, SocketIo};
+use crate::clock::RunClock;
 use crate::proto::ProtocolKind;
 use crate::session::State;
 use crate::stats::ErrorKind;
@@ -31,14 +40,19 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 /// Provided buffers per ring (the kernel's ring of them must be a power
-/// of two) and their size: a reply is 24 bytes, so a buffer holds one; a
-/// longer one (a server's error text) spans buffers and is joined by the
-/// read spill. 64 KiB per ring. The count is what matters: a ring whose
-/// sessions get more replies in one turn than it has buffers ends their
-/// recvs with ENOBUFS, and they wait for the next turn. 512 buffers of
-/// 128 B ran dry 248 113 times in a million's drain (run 26), where the
-/// host's two CPUs are saturated and turns last long.
-pub const URING_BUFFERS: u16 = 2048;
+/// of two) and their payload size: a reply is 24 bytes, so a buffer holds
+/// one; a longer one (a server's error text) spans buffers and is joined
+/// by the read spill. Each buffer also holds the RECVMSG header and the
+/// arrival time (`RECVMSG_HEAD`, 48 B): 80 KiB per ring. The count is what
+/// matters: a ring whose sessions get more replies between two of the
+/// driver's enters than it has buffers ends their recvs with ENOBUFS, and
+/// they wait for the next turn. Eager rings take a buffer when the reply
+/// arrives and hold it until the driver's turn: 512 of them ran dry
+/// 248 113 times in a million's drain (run 26), where the host's CPUs are
+/// saturated and turns last long, and 2 048 were used until lazy rings
+/// came. Lazy rings take buffers only inside the driver's enter and it
+/// gives them back at once in the same turn.
+pub const URING_BUFFERS: u16 = 1024;
 
 /// The size of a ring's provided buffers for `protocol`: an HTTP response
 /// is a few hundred bytes (nginx's to a GET: ~160), every other answer a
@@ -49,6 +63,16 @@ fn buffer_size(protocol: ProtocolKind) -> u32 {
         _ => 32,
     }
 }
+
+/// The longest a lazy driver sleeps while heartbeats await answers: how
+/// late it may see a reply (the round trip is measured from the reply's
+/// arrival time regardless). The million's drivers have heartbeats due
+/// every millisecond, so this adds no wake-up there.
+pub const REPLY_POLL_US: u64 = 1_000;
+
+/// The longest a lazy driver sleeps while connects or handshakes are in
+/// flight: a connect's latency is measured when its completion is seen.
+pub const CONNECT_POLL_US: u64 = 100;
 
 const CONNECT: u64 = 0;
 const RECV: u64 = 1;
@@ -69,6 +93,9 @@ pub struct UringIo {
     data: Vec<u8>,
     /// Recvs to re-arm at the end of the turn: (index, generation).
     rearm: Vec<(u32, u16)>,
+    /// CLOCK_REALTIME when this turn's run time was read (to place the
+    /// replies' arrival times on the run clock).
+    now_realtime_ns: u64,
 }
 
 impl UringIo {
@@ -82,6 +109,7 @@ impl UringIo {
             completions: Vec::with_capacity(4096),
             data: Vec::with_capacity(64 * 1024),
             rearm: Vec::with_capacity(1024),
+            now_realtime_ns: 0,
         })
     }
 }
@@ -125,10 +153,19 @@ impl SocketIo for UringIo {
 
     fn turn(d: &mut Driver<Self>, wake_ms: u32) -> io::Result<()> {
         let now_us = d.clock.now_us();
-        let timeout = (u64::from(wake_ms) * 1_000).saturating_sub(now_us);
-        d.io.rings
-            .wait(Duration::from_micros(timeout.min(250_000)))?;
+        let mut timeout = (u64::from(wake_ms) * 1_000)
+            .saturating_sub(now_us)
+            .min(250_000);
+        if d.io.rings.lazy() {
+            if d.inflight > 0 {
+                timeout = timeout.min(CONNECT_POLL_US);
+            } else if d.unanswered() > 0 || !d.write_spill.is_empty() {
+                timeout = timeout.min(REPLY_POLL_US);
+            }
+        }
+        d.io.rings.wait(Duration::from_micros(timeout))?;
         let now_us = d.clock.now_us();
+        d.io.now_realtime_ns = crate::clock::realtime_ns();
         // A reply read now may let a planned close (a drain's first) go
         // ahead: what was held at the hold's end is counted first.
         d.record_held((now_us / 1_000) as u32);
@@ -214,7 +251,11 @@ impl Driver<UringIo> {
                 }
                 let bytes = &data[c.data.clone()];
                 self.scratch[..bytes.len()].copy_from_slice(bytes);
-                if self.ingest(idx, bytes.len(), now_us) && !c.more {
+                let arrived_us = match c.rx_realtime_ns {
+                    0 => now_us,
+                    rx => RunClock::run_us_of_realtime(now_us, self.io.now_realtime_ns, rx),
+                };
+                if self.ingest(idx, bytes.len(), now_us, arrived_us) && !c.more {
                     self.io.rearm.push((idx, gen));
                 }
             }

@@ -43,19 +43,41 @@
 //!   slot empty; hard-linked, the io-wq backlog delayed the FINs past the
 //!   drain and starved the server: runs 23-25).
 //!
-//! # Waiting
-//! Every ring runs COOP_TASKRUN with the TASKRUN flag and signals one
-//! eventfd when it posts a completion (a DEFER_TASKRUN ring signals it
-//! only after an RCU grace period, ~15 ms measured on Linux 6.18: see the
-//! server's worker). [`ClientRings::wait`] submits every ring's queued
-//! requests, returns at once if a ring has completions or kernel work,
-//! else reads the eventfd empty, checks again, and sleeps in ppoll until
-//! the eventfd or the timeout. The thread's timer slack is set to 1 ns so
-//! that the timeout (the next heartbeat due) is kept to the microsecond.
+//! # Waiting: lazily, on Linux 6.1+
+//! A load generator need not wake for each reply the moment it arrives:
+//! what it measures is when the reply arrived, and the kernel stamps
+//! that. So the rings are SINGLE_ISSUER | DEFER_TASKRUN with the TASKRUN
+//! flag ([`ClientRings::lazy`]): a reply, a connect or a FIN queues the
+//! request's work on the ring and raises IORING_SQ_TASKRUN, and wakes no
+//! one; the work runs (and its completions are posted) only inside this
+//! thread's next `io_uring_enter`. [`ClientRings::wait`] submits every
+//! ring's queued requests, returns at once if a ring has completions or
+//! work, else sleeps in ppoll, with no descriptor, until the timeout the
+//! caller chose (its next deadline; the caller bounds it while it awaits
+//! answers). [`ClientRings::take`] enters each ring that has work.
+//!
+//! With the server on the same CPU (the million's `--steer cpu`), an
+//! eager loadgen was woken by a burst's first reply, took it, slept, and
+//! was woken again by the next: ~2.5 wake-ups per millisecond's burst of
+//! heartbeats. Lazily it wakes once per burst, at its next heartbeat due,
+//! and takes the last burst's replies then (results/million, runs 35+).
+//!
+//! **Arrival times.** Every socket has SO_TIMESTAMPNS and each recv is a
+//! multishot RECVMSG whose buffer carries the control message, so every
+//! [`Completion`] of received bytes says when the kernel received them
+//! ([`Completion::rx_realtime_ns`], CLOCK_REALTIME). Round trips end
+//! there, not when the thread got round to the bytes.
+//!
+//! A kernel without DEFER_TASKRUN (Linux 6.0) gets COOP_TASKRUN rings that
+//! signal one eventfd when they post a completion: `wait` then reads the
+//! eventfd empty, checks again, and sleeps in ppoll until the eventfd or
+//! the timeout. The thread's timer slack is set to 1 ns so that the
+//! timeout (the next heartbeat due) is kept to the microsecond.
 //!
 //! # Memory
 //! Per ring, from start-up: SQ 256 × 64 B + CQ 8 192 × 16 B (kernel
-//! mapped, ~148 KiB), `buffers` × `buffer_size` provided buffers; per
+//! mapped, ~148 KiB), `buffers` × (`buffer_size` + [`RECVMSG_HEAD`])
+//! provided buffers; per
 //! connection nothing in user space. Dropping `ClientRings` cancels everything and
 //! waits for the completions (at most [`super::DRAIN_TIMEOUT`]); memory
 //! the kernel may still use is leaked, never freed.
@@ -94,6 +116,56 @@ const KIND_SETUP: u64 = 3;
 const IGNORE: u64 = KIND_IGNORE << KIND_SHIFT;
 const BGID: u16 = 0;
 
+/// Room for one SCM_TIMESTAMPNS control message: a 16-byte `cmsghdr` and
+/// a 16-byte `timespec`.
+const CONTROL_LEN: usize = 32;
+/// What a multishot RECVMSG puts before the payload in each buffer: the
+/// 16-byte `io_uring_recvmsg_out`, no name, the control message.
+pub const RECVMSG_HEAD: u32 = 16 + CONTROL_LEN as u32;
+
+/// The `msghdr` every RECVMSG names: no name, [`CONTROL_LEN`] of control.
+/// The kernel reads only its lengths (the buffers are provided), when it
+/// takes each request. Its pointers are null.
+struct RecvHeader(libc::msghdr);
+
+// SAFETY: the header holds only null pointers and lengths; nothing is
+// ever written through it, by us or by the kernel.
+unsafe impl Send for RecvHeader {}
+
+impl RecvHeader {
+    fn new() -> RecvHeader {
+        // SAFETY: msghdr is plain data; all-zero is a valid value.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_controllen = CONTROL_LEN;
+        RecvHeader(h)
+    }
+}
+
+/// The arrival time in an SCM_TIMESTAMPNS control message (CLOCK_REALTIME
+/// ns), if `control` holds one.
+fn arrival_ns(control: &[u8]) -> Option<u64> {
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_ne_bytes(
+            control.get(at..at + 8)?.try_into().ok()?,
+        ))
+    };
+    let mut at = 0;
+    while at + 16 <= control.len() {
+        let len = word(at)? as usize;
+        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
+        if len < 16 {
+            return None;
+        }
+        if level == libc::SOL_SOCKET && kind == libc::SO_TIMESTAMPNS && len >= 32 {
+            let (sec, nsec) = (word(at + 16)?, word(at + 24)?);
+            return Some(sec.saturating_mul(1_000_000_000).saturating_add(nsec));
+        }
+        at += len.div_ceil(8) * 8;
+    }
+    None
+}
+
 /// Value of the boolean socket options (read by the kernel when the
 /// setsockopt runs, which may be after the submitting call returns).
 static ONE: libc::c_int = 1;
@@ -121,6 +193,9 @@ pub struct Completion {
     pub more: bool,
     /// Received bytes, in the buffer [`ClientRings::take`] filled.
     pub data: Range<usize>,
+    /// When the kernel received those bytes (CLOCK_REALTIME ns; 0 for
+    /// anything else, or if the kernel gave no time).
+    pub rx_realtime_ns: u64,
 }
 
 impl Completion {
@@ -164,16 +239,48 @@ pub struct ClientRings {
     /// Completions being handled (resident: no allocation per turn).
     cqes: Vec<cqueue::Entry>,
     slots_per_ring: u32,
-    wake: OwnedFd,
+    /// The eventfd the rings signal (COOP_TASKRUN), or none: lazy rings.
+    wake: Option<OwnedFd>,
+    /// What every RECVMSG names (boxed: the SQEs point at it).
+    recv_header: Box<RecvHeader>,
     /// Requests whose last completion has not come yet (connects, recvs,
     /// sends).
     in_flight: usize,
 }
 
+/// Keeps the kernel's receive timestamps switched on for the rest of the
+/// process's life. The kernel stamps arriving packets only while some
+/// socket asks for it, and switches that on (and off, after the last such
+/// socket closes) in deferred work: the first packets after a switch may
+/// go unstamped, and each switch patches kernel text. One socket that asks
+/// and is never closed keeps it on; the switch happens once, at the first
+/// rings.
+fn keep_timestamps_on() -> io::Result<()> {
+    static KEEPER: std::sync::OnceLock<Result<std::net::UdpSocket, String>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        )
+        .map_err(|e| format!("setting SO_TIMESTAMPNS: {e}"))?;
+        Ok(socket)
+    });
+    keeper
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| io::Error::other(format!("keeping receive timestamps on: {e}")))
+}
+
 /// Kernel support for [`ClientRings`], checked by running it: one
-/// connection over the whole chain (SOCKET into a slot, both socket
-/// options, BIND, CONNECT), a multishot recv, a send and a close, against
-/// a listener on 127.0.0.1.
+/// connection over the whole chain (SOCKET into a slot, the socket
+/// options, BIND, CONNECT), a multishot RECVMSG that gives the arrival
+/// time, a send and a close, against a listener on 127.0.0.1. The first
+/// replies may come unstamped while the kernel switches timestamps on
+/// ([`keep_timestamps_on`]): the ping is repeated, every 5 ms, until one
+/// comes stamped.
 pub fn client_probe() -> Result<(), String> {
     probe().map_err(|e| e.to_string())?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -226,6 +333,11 @@ pub fn client_probe() -> Result<(), String> {
                     stream.write_all(b"pong").map_err(|e| e.to_string())?;
                     step = 2;
                 }
+                (Kind::Op, 2) if &data[c.data.clone()] == b"pong" && c.rx_realtime_ns == 0 => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    rings.send(1, 9, b"ping").map_err(|e| e.to_string())?;
+                    step = 1;
+                }
                 (Kind::Op, 2) if &data[c.data.clone()] == b"pong" => {
                     rings.close(1, &[]).map_err(|e| e.to_string())?;
                     return Ok(());
@@ -233,6 +345,9 @@ pub fn client_probe() -> Result<(), String> {
                 _ => {}
             }
         }
+    }
+    if step == 2 {
+        return Err("io_uring RECVMSG gave no SO_TIMESTAMPNS arrival time in 2 s".into());
     }
     Err(format!(
         "the io_uring client probe stalled at step {step} of 3"
@@ -242,14 +357,35 @@ pub fn client_probe() -> Result<(), String> {
 impl ClientRings {
     /// Rings for `connections` slots, `slots_per_ring` each (at most
     /// RLIMIT_NOFILE), each with `buffers` provided buffers (a power of
-    /// two) of `buffer_size` bytes. Sets the calling thread's timer slack
-    /// to 1 ns (see the module docs): make it on the thread that uses it.
+    /// two) of `buffer_size` bytes of payload (plus [`RECVMSG_HEAD`]).
+    /// Lazy (DEFER_TASKRUN) where the kernel has it, else eager (see the
+    /// module docs). Sets the calling thread's timer slack to 1 ns: make
+    /// it on the thread that uses it.
     pub fn new(
         connections: u64,
         slots_per_ring: u32,
         buffers: u16,
         buffer_size: u32,
     ) -> io::Result<ClientRings> {
+        match Self::with_mode(connections, slots_per_ring, buffers, buffer_size, true) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Linux 6.0: no DEFER_TASKRUN.
+                Self::with_mode(connections, slots_per_ring, buffers, buffer_size, false)
+            }
+            other => other,
+        }
+    }
+
+    /// As [`Self::new`], lazy (DEFER_TASKRUN) or eager (COOP_TASKRUN and
+    /// an eventfd) as asked.
+    pub fn with_mode(
+        connections: u64,
+        slots_per_ring: u32,
+        buffers: u16,
+        buffer_size: u32,
+        lazy: bool,
+    ) -> io::Result<ClientRings> {
+        keep_timestamps_on()?;
         let slots_per_ring = slots_per_ring.max(1);
         let count = connections.div_ceil(u64::from(slots_per_ring)).max(1);
         if count > super::MAX_SHARDS as u64 {
@@ -259,14 +395,23 @@ impl ClientRings {
                 super::MAX_SHARDS
             )));
         }
-        // SAFETY: eventfd has no memory arguments; a non-negative result is
-        // a new descriptor that we own from here on.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is the fresh eventfd above, owned by nothing else.
-        let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+        let wake = if lazy {
+            None
+        } else {
+            // SAFETY: eventfd has no memory arguments; a non-negative result
+            // is a new descriptor that we own from here on.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is the fresh eventfd above, owned by nothing else.
+            Some(unsafe { OwnedFd::from_raw_fd(raw) })
+        };
+        let mode = if lazy {
+            SetupMode::DeferTaskrun
+        } else {
+            SetupMode::CoopTaskrun
+        };
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
         let context = |what: String| {
@@ -282,13 +427,17 @@ impl ClientRings {
         };
         let mut rings = Vec::with_capacity(count as usize);
         for i in 0..count {
-            let ring = SetupMode::CoopTaskrun
-                .build(SHARD_SQ_ENTRIES, CQ_ENTRIES, true)
-                .map_err(context(format!(
+            let ring = match mode.build(SHARD_SQ_ENTRIES, CQ_ENTRIES, true) {
+                // The caller falls back to eager rings on this one.
+                Err(e) if lazy && i == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(e)
+                }
+                built => built.map_err(context(format!(
                     "creating io_uring ring {} of {count}",
                     i + 1
-                )))?;
-            let bufs = BufRing::new(&ring.submitter(), BGID, buffers, buffer_size)
+                )))?,
+            };
+            let bufs = BufRing::new(&ring.submitter(), BGID, buffers, buffer_size + RECVMSG_HEAD)
                 .map_err(context("registering a provided-buffer ring".into()))?;
             ring.submitter()
                 .register_files_sparse(slots_per_ring)
@@ -296,9 +445,11 @@ impl ClientRings {
                     "registering a table of {slots_per_ring} direct descriptors (the kernel \
                      allows at most RLIMIT_NOFILE slots per ring)"
                 )))?;
-            ring.submitter()
-                .register_eventfd(wake.as_raw_fd())
-                .map_err(context("registering the driver's eventfd".into()))?;
+            if let Some(wake) = &wake {
+                ring.submitter()
+                    .register_eventfd(wake.as_raw_fd())
+                    .map_err(context("registering the driver's eventfd".into()))?;
+            }
             // Nothing of ours should need io-wq threads (every request
             // here completes inline or by poll); should one, a single
             // worker per driver keeps it off the server's CPUs. Best
@@ -323,8 +474,15 @@ impl ClientRings {
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             slots_per_ring,
             wake,
+            recv_header: Box::new(RecvHeader::new()),
             in_flight: 0,
         })
+    }
+
+    /// Lazy rings: a completion wakes no one; the caller's timeout is all
+    /// that ends a [`Self::wait`] (see the module docs).
+    pub fn lazy(&self) -> bool {
+        self.wake.is_none()
     }
 
     /// Rings this holds.
@@ -357,7 +515,8 @@ impl ClientRings {
             let mut sq = r.ring.submission();
             if sq.capacity() - sq.len() >= entries.len() {
                 // SAFETY: every entry points only at memory that outlives
-                // its use by the kernel: the static option value, the send
+                // its use by the kernel: the static option value, the
+                // boxed RECVMSG header (kept as long as the rings), the send
                 // arena (released on the send's completion), the ring's own
                 // buffer ring, or addresses that `Ring::addrs` keeps until
                 // the SQ is empty (the kernel copies them when it takes
@@ -394,7 +553,7 @@ impl ClientRings {
         let optlen = std::mem::size_of::<libc::c_int>() as u32;
         let target = Box::new(socket2::SockAddr::from(SocketAddr::V4(target)));
         let source = source.map(|s| Box::new(socket2::SockAddr::from(SocketAddr::V4(s))));
-        let mut chain = Vec::with_capacity(5);
+        let mut chain = Vec::with_capacity(6);
         chain.push(
             opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP)
                 .file_index(Some(dest))
@@ -407,6 +566,19 @@ impl ClientRings {
                 fixed,
                 libc::IPPROTO_TCP as u32,
                 libc::TCP_NODELAY as u32,
+                one,
+                optlen,
+            )
+            .build()
+            .flags(quiet)
+            .user_data(setup),
+        );
+        // The kernel's receive time on every reply (see the module docs).
+        chain.push(
+            opcode::SetSockOpt::new(
+                fixed,
+                libc::SOL_SOCKET as u32,
+                libc::SO_TIMESTAMPNS as u32,
                 one,
                 optlen,
             )
@@ -447,11 +619,12 @@ impl ClientRings {
         Ok(())
     }
 
-    /// Arms a multishot recv on `slot`; completions carry `tag`.
+    /// Arms a multishot recv on `slot` (a RECVMSG, for the arrival time);
+    /// completions carry `tag`.
     pub fn recv(&mut self, slot: u32, tag: u64) -> io::Result<()> {
         let (ring, fixed) = self.locate(slot)?;
         let tag = checked(tag)?;
-        let recv = opcode::RecvMulti::new(fixed, BGID)
+        let recv = opcode::RecvMsgMulti::new(fixed, &self.recv_header.0, BGID)
             .build()
             .user_data(KIND_OP << KIND_SHIFT | tag);
         self.push(ring, &[recv])?;
@@ -538,7 +711,18 @@ impl ClientRings {
             return Ok(());
         }
         let rings = &mut self.rings;
-        sleep_on_eventfd(&self.wake, timeout, || any_ready(rings))
+        match &self.wake {
+            Some(wake) => sleep_on_eventfd(wake, timeout, || any_ready(rings)),
+            None if any_ready(rings) => Ok(()),
+            None => {
+                // Lazy: nothing wakes this but the timeout.
+                let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+                match nix::poll::ppoll(&mut [], Some(ts), None) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// Moves every ring's completions into `out`, received bytes into
@@ -571,6 +755,8 @@ impl ClientRings {
         let tag = ud & (MAX_TAG - 1);
         let more = cqueue::more(e.flags());
         let start = data.len();
+        let mut rx_realtime_ns = 0;
+        let mut result = e.result();
         if let Some(bid) = cqueue::buffer_select(e.flags()) {
             let bufs = self.rings[ring]
                 .bufs
@@ -578,7 +764,15 @@ impl ClientRings {
                 .expect("buffer ring present while running");
             let len = e.result().max(0) as usize;
             if let Ok(bytes) = bufs.take(bid, len) {
-                data.extend_from_slice(bytes);
+                // A RECVMSG's buffer: header, control message, payload.
+                match types::RecvMsgOut::parse(bytes, &self.recv_header.0) {
+                    Ok(msg) => {
+                        rx_realtime_ns = arrival_ns(msg.control_data()).unwrap_or(0);
+                        data.extend_from_slice(msg.payload_data());
+                        result = msg.payload_data().len() as i32;
+                    }
+                    Err(()) => result = -libc::EPROTO,
+                }
             }
             let _ = bufs.give_back(bid);
         }
@@ -613,6 +807,7 @@ impl ClientRings {
                     result: if sent < 0 { sent } else { rec.done as i32 },
                     more: false,
                     data: start..start,
+                    rx_realtime_ns: 0,
                 });
                 return;
             }
@@ -621,9 +816,10 @@ impl ClientRings {
         out.push(Completion {
             tag,
             kind,
-            result: e.result(),
+            result,
             more,
             data: start..data.len(),
+            rx_realtime_ns,
         });
     }
 
@@ -730,5 +926,148 @@ mod tests {
         assert_eq!(at(5), (2, 1));
         let err = rings.locate(6).unwrap_err().to_string();
         assert!(err.contains("past the 6 slots"), "{err}");
+    }
+
+    fn realtime_ns() -> u64 {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        t.as_nanos() as u64
+    }
+
+    /// `n` connections from slots 0.. of `rings` to a fresh listener, each
+    /// with its recv armed (tags: the slot); the accepted peers, in slot
+    /// order.
+    fn connected(rings: &mut ClientRings, n: u32) -> Vec<std::net::TcpStream> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(target) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let mut peers = Vec::new();
+        for slot in 0..n {
+            rings.connect(slot, u64::from(slot), None, target).unwrap();
+            let mut out = Vec::new();
+            let mut data = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while out.is_empty() {
+                assert!(Instant::now() < deadline, "connect {slot} never completed");
+                rings.wait(Duration::from_millis(1)).unwrap();
+                rings.take(&mut out, &mut data);
+            }
+            assert_eq!((out[0].kind, out[0].result), (Kind::Op, 0), "{:?}", out[0]);
+            peers.push(listener.accept().unwrap().0);
+            rings.recv(slot, u64::from(slot)).unwrap();
+        }
+        peers
+    }
+
+    #[test]
+    fn a_lazy_wait_sleeps_through_a_reply_whose_arrival_time_is_kept() {
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let mut rings = ClientRings::with_mode(1, 2, 8, 64, true).unwrap();
+        assert!(rings.lazy());
+        let mut peer = connected(&mut rings, 1).remove(0);
+        rings.wait(Duration::ZERO).unwrap(); // the recv is submitted
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            peer.write_all(b"pong").unwrap();
+            (realtime_ns(), peer)
+        });
+        let start = Instant::now();
+        rings.wait(Duration::from_millis(200)).unwrap();
+        let waited = start.elapsed();
+        let (written_ns, _peer) = writer.join().unwrap();
+        let taken_ns = realtime_ns();
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        rings.take(&mut out, &mut data);
+        // The reply woke no one: the wait ran its whole timeout.
+        assert!(waited >= Duration::from_millis(195), "{waited:?}");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(&data[out[0].data.clone()], b"pong");
+        // Its arrival time is when it was written, not when it was taken.
+        let rx = out[0].rx_realtime_ns;
+        assert!(rx + 1_000_000 >= written_ns, "rx {rx} written {written_ns}");
+        assert!(rx + 50_000_000 <= taken_ns, "rx {rx} taken {taken_ns}");
+    }
+
+    #[test]
+    fn replies_queued_on_a_lazy_ring_are_all_taken_without_new_events() {
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        // 100 replies pending on one ring at once: more than the kernel
+        // runs in one enter by default (20), and nothing arrives after.
+        let mut rings = ClientRings::with_mode(100, 128, 256, 64, true).unwrap();
+        let mut peers = connected(&mut rings, 100);
+        rings.wait(Duration::ZERO).unwrap();
+        for p in &mut peers {
+            use std::io::Write;
+            p.write_all(b"pong").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < 100 && Instant::now() < deadline {
+            let mut out = Vec::new();
+            let mut data = Vec::new();
+            rings.wait(Duration::from_millis(10)).unwrap();
+            rings.take(&mut out, &mut data);
+            for c in &out {
+                assert_eq!(&data[c.data.clone()], b"pong", "{c:?}");
+                assert_ne!(c.rx_realtime_ns, 0);
+                got.insert(c.tag);
+            }
+        }
+        assert_eq!(got.len(), 100, "taken: {got:?}");
+    }
+
+    #[test]
+    fn eager_rings_wake_the_wait_for_a_reply() {
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let mut rings = ClientRings::with_mode(1, 2, 8, 64, false).unwrap();
+        assert!(!rings.lazy());
+        let mut peer = connected(&mut rings, 1).remove(0);
+        rings.wait(Duration::ZERO).unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            std::thread::sleep(Duration::from_millis(20));
+            peer.write_all(b"pong").unwrap();
+            peer
+        });
+        let start = Instant::now();
+        rings.wait(Duration::from_secs(5)).unwrap();
+        let waited = start.elapsed();
+        let _peer = writer.join().unwrap();
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        rings.take(&mut out, &mut data);
+        assert!(waited < Duration::from_secs(4), "{waited:?}");
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(&data[out[0].data.clone()], b"pong");
+        assert_ne!(out[0].rx_realtime_ns, 0);
+    }
+
+    #[test]
+    fn arrival_times_are_read_from_the_control_message() {
+        let mut control = Vec::new();
+        control.extend_from_slice(&32u64.to_ne_bytes());
+        control.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        control.extend_from_slice(&libc::SO_TIMESTAMPNS.to_ne_bytes());
+        control.extend_from_slice(&7u64.to_ne_bytes());
+        control.extend_from_slice(&5u64.to_ne_bytes());
+        assert_eq!(arrival_ns(&control), Some(7_000_000_005));
+        assert_eq!(arrival_ns(&control[..16]), None);
+        assert_eq!(arrival_ns(&[]), None);
+        let mut other = control.clone();
+        other[12..16].copy_from_slice(&libc::SO_TIMESTAMP.to_ne_bytes());
+        assert_eq!(arrival_ns(&other), None);
     }
 }
