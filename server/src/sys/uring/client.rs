@@ -93,6 +93,10 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// The most times [`ClientRings::take`] enters one lazy ring: 20 queued
+/// items run per enter, so up to 5 120 completions a ring per take.
+pub const LAZY_ENTERS: usize = 256;
+
 /// CQ entries of each client ring: sized for the kernel's cancel table,
 /// not for completions (see the module docs).
 pub const CQ_ENTRIES: u32 = 8192;
@@ -729,19 +733,35 @@ impl ClientRings {
     /// `data` (each buffer is given back to its ring at once); completions
     /// of the rings' own requests (cancels, closes) and of partial sends
     /// (re-queued here) are not reported.
+    ///
+    /// A lazy ring's enter runs at most 20 of its queued items (the
+    /// kernel's IO_LOCAL_TW_DEFAULT_MAX; the rest wait, with the ring's
+    /// TASKRUN flag still up): it is entered again while the flag stays up,
+    /// up to [`LAZY_ENTERS`] times. (Entered once, a ring that a ramp's
+    /// connects all go to yielded 20 completions a turn, and a million's
+    /// connects waited 269 ms at the median.)
     pub fn take(&mut self, out: &mut Vec<Completion>, data: &mut Vec<u8>) {
+        let enters = if self.lazy() { LAZY_ENTERS } else { 1 };
         for ring in 0..self.rings.len() {
-            if super::needs_enter(&mut self.rings[ring].ring) {
+            for _ in 0..enters {
+                if !super::needs_enter(&mut self.rings[ring].ring) {
+                    break;
+                }
                 let _ = self.submit(ring);
+                self.take_ring(ring, out, data);
             }
-            let mut cqes = std::mem::take(&mut self.cqes);
-            cqes.extend(self.rings[ring].ring.completion());
-            for e in &cqes {
-                self.complete(ring, e, out, data);
-            }
-            cqes.clear();
-            self.cqes = cqes;
+            self.take_ring(ring, out, data);
         }
+    }
+
+    fn take_ring(&mut self, ring: usize, out: &mut Vec<Completion>, data: &mut Vec<u8>) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.rings[ring].ring.completion());
+        for e in &cqes {
+            self.complete(ring, e, out, data);
+        }
+        cqes.clear();
+        self.cqes = cqes;
     }
 
     fn complete(
@@ -1001,7 +1021,7 @@ mod tests {
             return;
         }
         // 100 replies pending on one ring at once: more than the kernel
-        // runs in one enter by default (20), and nothing arrives after.
+        // runs in one enter (20).
         let mut rings = ClientRings::with_mode(100, 128, 256, 64, true).unwrap();
         let mut peers = connected(&mut rings, 100);
         rings.wait(Duration::ZERO).unwrap();
@@ -1010,20 +1030,18 @@ mod tests {
             p.write_all(b"pong").unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
+        // One take gets them all, and leaves nothing to do.
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        rings.take(&mut out, &mut data);
         let mut got = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while got.len() < 100 && Instant::now() < deadline {
-            let mut out = Vec::new();
-            let mut data = Vec::new();
-            rings.wait(Duration::from_millis(10)).unwrap();
-            rings.take(&mut out, &mut data);
-            for c in &out {
-                assert_eq!(&data[c.data.clone()], b"pong", "{c:?}");
-                assert_ne!(c.rx_realtime_ns, 0);
-                got.insert(c.tag);
-            }
+        for c in &out {
+            assert_eq!(&data[c.data.clone()], b"pong", "{c:?}");
+            assert_ne!(c.rx_realtime_ns, 0);
+            got.insert(c.tag);
         }
         assert_eq!(got.len(), 100, "taken: {got:?}");
+        assert!(!any_ready(&mut rings.rings));
     }
 
     #[test]
