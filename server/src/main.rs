@@ -49,6 +49,14 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = c10m_server::listen::Steer::Hash)]
     steer: c10m_server::listen::Steer,
 
+    /// Scheduling policy of the server's threads. `normal`: a worker woken
+    /// by a packet preempts what runs on its CPU. `batch` (SCHED_BATCH): it
+    /// waits for that task to sleep or use up its slice; for a server that
+    /// shares its CPUs with other work, such as a load generator on the same
+    /// host, which each wake-up would otherwise preempt mid-burst
+    #[arg(long, value_enum, default_value_t = c10m_server::listen::Sched::Normal)]
+    sched: c10m_server::listen::Sched,
+
     /// Most sessions held at once; more are accepted and closed at once
     /// (counted as rejected) [default: what RLIMIT_NOFILE allows]
     #[arg(long)]
@@ -349,6 +357,7 @@ fn config(cli: Cli) -> Result<ServerConfig> {
         cpus,
         pin: !cli.no_pin,
         steer: cli.steer,
+        sched: cli.sched,
         max_sessions: cli.max_sessions,
         idle_timeout: cli.idle_timeout.max(Duration::from_millis(10)),
         frame_timeout: cli.frame_timeout.max(Duration::from_millis(10)),

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub pin: bool,
     /// `--steer`: which worker's listener the kernel gives a connection.
     pub steer: crate::listen::Steer,
+    /// `--sched`: the threads' scheduling policy.
+    pub sched: crate::listen::Sched,
     /// `None`: as many as the descriptor limit allows.
     pub max_sessions: Option<u64>,
     pub idle_timeout: Duration,
@@ -189,6 +191,7 @@ fn resolve_layout(
 /// session to a new process (SIGUSR2, `c10m-server upgrade`). Returns the
 /// final report.
 pub fn run(mut config: ServerConfig) -> Result<Report> {
+    apply_sched(config.sched)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -594,6 +597,17 @@ fn upgrade_on(
     outcome.ok()
 }
 
+/// Sets the calling (main) thread's `--sched` policy before any other
+/// thread starts, so that every worker inherits it.
+pub(crate) fn apply_sched(sched: crate::listen::Sched) -> Result<()> {
+    sched.apply().with_context(|| {
+        format!(
+            "--sched {}: setting this thread's scheduling policy (sched_setscheduler)",
+            sched.name()
+        )
+    })
+}
+
 /// The start-up line tests and scripts read the bound address from:
 /// `c10m-server listening on ADDR key=value…`. `what` names the backend and
 /// the process layout.
@@ -604,14 +618,15 @@ pub(crate) fn announce_listening(
     max_sessions: u64,
 ) {
     println!(
-        "c10m-server listening on {bound} {what} cpus={} steer={} max_sessions={max_sessions} \
-         idle_timeout={} max_frame={} pid={}",
+        "c10m-server listening on {bound} {what} cpus={} steer={} sched={} \
+         max_sessions={max_sessions} idle_timeout={} max_frame={} pid={}",
         if config.pin {
             cpu_list(&config.cpus)
         } else {
             "unpinned".into()
         },
         config.steer.name(),
+        config.sched.name(),
         humantime::format_duration(config.idle_timeout),
         config.max_frame,
         std::process::id(),

@@ -158,6 +158,7 @@ struct Slot {
 
 /// Runs K children until SIGINT/SIGTERM; returns the summed final report.
 pub fn run(config: ServerConfig, procs: Procs, workers: Option<usize>) -> Result<Report> {
+    crate::server::apply_sched(config.sched)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
@@ -350,6 +351,7 @@ fn child_command(
         cmd.arg("--no-pin");
     }
     cmd.args(["--steer", config.steer.name()]);
+    cmd.args(["--sched", config.sched.name()]);
     if let Some(svg) = crate::profile::for_child(&slot.stats_path) {
         cmd.arg("--profile").arg(svg);
     }
@@ -711,6 +713,7 @@ mod tests {
             cpus,
             pin: true,
             steer: crate::listen::Steer::Hash,
+            sched: crate::listen::Sched::Normal,
             max_sessions: max,
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(10),

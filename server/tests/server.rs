@@ -36,6 +36,7 @@ backend_tests!(
     closing_a_session_costs_the_same_with_many_held,
     a_capped_turn_leaves_the_rest_for_the_next_and_loses_nothing,
     steer_cpu_gives_each_cpus_connections_to_the_worker_pinned_there,
+    sched_batch_is_every_thread_policy_children_included,
 );
 
 fn holds_15000_sessions_and_answers_each(backend: Backend) {
@@ -877,6 +878,88 @@ fn steer_cpu_gives_each_cpus_connections_to_the_worker_pinned_there(backend: Bac
     let spread = accepted(&stopped.stats);
     assert_eq!(spread.iter().sum::<u64>(), 64, "{}", stopped.stats);
     assert!(spread.iter().all(|&n| n > 0), "{spread:?}");
+}
+
+/// Scheduling policy of every thread of `pid`, by thread name (field 41 of
+/// /proc/PID/task/TID/stat).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // Fields after the name's ')' start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((comm.trim().to_string(), policy));
+    }
+    out
+}
+
+/// `--sched batch`: every thread of the server, its workers first, runs
+/// SCHED_BATCH (3), and with `--procs` every child's too; the default
+/// leaves them SCHED_OTHER (0). Both say so in the start-up line.
+fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
+    let _fds = light();
+    let server = Server::start(backend, &["--workers", "2", "--sched", "batch"]);
+    assert!(
+        server.startup_line().contains(" sched=batch "),
+        "{}",
+        server.startup_line()
+    );
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+    let threads = thread_policies(server.pid);
+    assert!(threads.len() >= 3, "{threads:?}"); // main + 2 workers at least
+    assert!(
+        threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
+        "{threads:?}"
+    );
+    assert!(server.stop().status.success());
+
+    let server = Server::start(backend, &["--workers", "1"]);
+    assert!(
+        server.startup_line().contains(" sched=normal "),
+        "{}",
+        server.startup_line()
+    );
+    let threads = thread_policies(server.pid);
+    assert!(
+        threads.iter().all(|(_, p)| *p == libc::SCHED_OTHER as u32),
+        "{threads:?}"
+    );
+    assert!(server.stop().status.success());
+
+    let server = Server::start(
+        backend,
+        &[
+            "--procs",
+            "2",
+            "--workers",
+            "1",
+            "--max-sessions",
+            "100",
+            "--sched",
+            "batch",
+        ],
+    );
+    roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
+    let children = children_of(server.pid);
+    assert_eq!(children.len(), 2, "{children:?}");
+    for pid in children.into_iter().chain([server.pid]) {
+        let threads = thread_policies(pid);
+        assert!(
+            threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
+            "{pid}: {threads:?}"
+        );
+    }
+    assert!(server.stop().status.success());
 }
 
 /// `--steer cpu` needs workers pinned to CPUs: with `--no-pin` it is a

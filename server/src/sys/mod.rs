@@ -351,6 +351,28 @@ pub fn pin_worker(id: usize, cpu: Option<usize>) {
     }
 }
 
+/// Sets the calling thread's scheduling policy (a non-real-time one:
+/// priority 0).
+pub fn set_thread_policy(policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // on the stack for the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's scheduling policy (SCHED_OTHER, SCHED_BATCH, ...).
+pub fn thread_policy() -> io::Result<libc::c_int> {
+    // SAFETY: pid 0 is the calling thread; no memory is passed.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(policy & !libc::SCHED_RESET_ON_FORK)
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> nix::Result<()> {
     use nix::sched::{sched_setaffinity, CpuSet};
