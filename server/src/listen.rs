@@ -62,7 +62,9 @@ impl Sched {
     }
 
     /// Sets the calling thread's policy; threads it starts afterwards
-    /// inherit it. `Normal` leaves the policy as it is.
+    /// inherit it. `Normal` leaves the policy as it is (a server started
+    /// under `chrt` keeps that policy; the start-up line says which is in
+    /// effect).
     pub fn apply(self) -> std::io::Result<()> {
         let policy = match self {
             Sched::Normal => return Ok(()),

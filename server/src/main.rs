@@ -49,8 +49,9 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = c10m_server::listen::Steer::Hash)]
     steer: c10m_server::listen::Steer,
 
-    /// Scheduling policy of the server's threads. `normal`: a worker woken
-    /// by a packet preempts what runs on its CPU. `batch` (SCHED_BATCH): it
+    /// Scheduling policy of the server's threads. `normal`: the policy it
+    /// was started with (SCHED_OTHER unless under chrt): a worker woken by
+    /// a packet preempts what runs on its CPU. `batch` (SCHED_BATCH): it
     /// waits for that task to sleep or use up its slice; for a server that
     /// shares its CPUs with other work, such as a load generator on the same
     /// host, which each wake-up would otherwise preempt mid-burst

@@ -626,7 +626,9 @@ pub(crate) fn announce_listening(
             "unpinned".into()
         },
         config.steer.name(),
-        config.sched.name(),
+        // The policy in effect: `--sched normal` keeps the one the server
+        // was started with (e.g. under chrt).
+        sys::thread_policy_name(),
         humantime::format_duration(config.idle_timeout),
         config.max_frame,
         std::process::id(),

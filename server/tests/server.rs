@@ -905,7 +905,8 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 
 /// `--sched batch`: every thread of the server, its workers first, runs
 /// SCHED_BATCH (3), and with `--procs` every child's too; the default
-/// leaves them SCHED_OTHER (0). Both say so in the start-up line.
+/// leaves them as started: SCHED_OTHER (0), or batch when started so. The
+/// start-up line names the policy in effect.
 fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
     let _fds = light();
     let server = Server::start(backend, &["--workers", "2", "--sched", "batch"]);
@@ -932,6 +933,23 @@ fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
     let threads = thread_policies(server.pid);
     assert!(
         threads.iter().all(|(_, p)| *p == libc::SCHED_OTHER as u32),
+        "{threads:?}"
+    );
+    assert!(server.stop().status.success());
+
+    // `--sched normal` keeps the policy the server was started with (here
+    // inherited from this thread), and the start-up line says which.
+    c10m_server::sys::set_thread_policy(libc::SCHED_BATCH).unwrap();
+    let server = Server::start(backend, &["--workers", "1"]);
+    c10m_server::sys::set_thread_policy(libc::SCHED_OTHER).unwrap();
+    assert!(
+        server.startup_line().contains(" sched=batch "),
+        "{}",
+        server.startup_line()
+    );
+    let threads = thread_policies(server.pid);
+    assert!(
+        threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
         "{threads:?}"
     );
     assert!(server.stop().status.success());

@@ -363,14 +363,20 @@ pub fn set_thread_policy(policy: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// The calling thread's scheduling policy (SCHED_OTHER, SCHED_BATCH, ...).
-pub fn thread_policy() -> io::Result<libc::c_int> {
+/// The calling thread's scheduling policy, by the name `--sched` and the
+/// start-up line use (`normal` for SCHED_OTHER).
+pub fn thread_policy_name() -> &'static str {
     // SAFETY: pid 0 is the calling thread; no memory is passed.
     let policy = unsafe { libc::sched_getscheduler(0) };
-    if policy < 0 {
-        return Err(io::Error::last_os_error());
+    match policy & !libc::SCHED_RESET_ON_FORK {
+        _ if policy < 0 => "unknown",
+        libc::SCHED_OTHER => "normal",
+        libc::SCHED_BATCH => "batch",
+        libc::SCHED_IDLE => "idle",
+        libc::SCHED_FIFO => "fifo",
+        libc::SCHED_RR => "rr",
+        _ => "other",
     }
-    Ok(policy & !libc::SCHED_RESET_ON_FORK)
 }
 
 /// Pins the calling thread to `cpu`.
