@@ -909,32 +909,25 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 /// start-up line names the policy in effect.
 fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
     let _fds = light();
+    // The start-up line names `name`, and every thread of `pid` runs `policy`.
+    let assert_policy = |server: &Server, pid: u32, name: &str, policy: libc::c_int| {
+        let line = server.startup_line();
+        assert!(line.contains(&format!(" sched={name} ")), "{line}");
+        let threads = thread_policies(pid);
+        assert!(
+            threads.iter().all(|(_, p)| *p == policy as u32),
+            "{pid}: {threads:?}"
+        );
+        threads.len()
+    };
     let server = Server::start(backend, &["--workers", "2", "--sched", "batch"]);
-    assert!(
-        server.startup_line().contains(" sched=batch "),
-        "{}",
-        server.startup_line()
-    );
     roundtrip(&mut server.connect(), b"PING\r\n", b"+PONG\r\n");
-    let threads = thread_policies(server.pid);
-    assert!(threads.len() >= 3, "{threads:?}"); // main + 2 workers at least
-    assert!(
-        threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
-        "{threads:?}"
-    );
+    // main + 2 workers at least
+    assert!(assert_policy(&server, server.pid, "batch", libc::SCHED_BATCH) >= 3);
     assert!(server.stop().status.success());
 
     let server = Server::start(backend, &["--workers", "1"]);
-    assert!(
-        server.startup_line().contains(" sched=normal "),
-        "{}",
-        server.startup_line()
-    );
-    let threads = thread_policies(server.pid);
-    assert!(
-        threads.iter().all(|(_, p)| *p == libc::SCHED_OTHER as u32),
-        "{threads:?}"
-    );
+    assert_policy(&server, server.pid, "normal", libc::SCHED_OTHER);
     assert!(server.stop().status.success());
 
     // `--sched normal` keeps the policy the server was started with (here
@@ -942,16 +935,7 @@ fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
     c10m_server::sys::set_thread_policy(libc::SCHED_BATCH).unwrap();
     let server = Server::start(backend, &["--workers", "1"]);
     c10m_server::sys::set_thread_policy(libc::SCHED_OTHER).unwrap();
-    assert!(
-        server.startup_line().contains(" sched=batch "),
-        "{}",
-        server.startup_line()
-    );
-    let threads = thread_policies(server.pid);
-    assert!(
-        threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
-        "{threads:?}"
-    );
+    assert_policy(&server, server.pid, "batch", libc::SCHED_BATCH);
     assert!(server.stop().status.success());
 
     let server = Server::start(
@@ -971,11 +955,7 @@ fn sched_batch_is_every_thread_policy_children_included(backend: Backend) {
     let children = children_of(server.pid);
     assert_eq!(children.len(), 2, "{children:?}");
     for pid in children.into_iter().chain([server.pid]) {
-        let threads = thread_policies(pid);
-        assert!(
-            threads.iter().all(|(_, p)| *p == libc::SCHED_BATCH as u32),
-            "{pid}: {threads:?}"
-        );
+        assert_policy(&server, pid, "batch", libc::SCHED_BATCH);
     }
     assert!(server.stop().status.success());
 }
