@@ -38,6 +38,12 @@ pub struct RunArgs {
     /// Heartbeat jitter, e.g. `10%` or `0.1` [default: 10%].
     #[arg(long, value_parser = parse_fraction)]
     pub jitter: Option<f64>,
+    /// Heartbeats fall due on multiples of this, in whole milliseconds
+    /// (e.g. `4ms`), so a driver wakes at most once per tick to send
+    /// them; send lag and round trips count from the on-tick time
+    /// [default: 1ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub tick: Option<Duration>,
     /// Source addresses (CIDR) [default for loopback targets: 127.1.0.0/16].
     #[arg(long, value_name = "CIDR")]
     pub source: Option<String>,

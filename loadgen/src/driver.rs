@@ -25,8 +25,10 @@
 //!   the next deadline, to the microsecond (a timerfd on epoll, whose own
 //!   timeout has millisecond granularity and rounds up, which would add up
 //!   to 1 ms of send lag to every heartbeat; ppoll with a 1 ns timer slack
-//!   on io_uring). Heartbeats are due on whole milliseconds; the payload is
-//!   the intended time in µs since the epoch.
+//!   on io_uring). Heartbeats are due on whole ticks (`--tick`, 1 ms by
+//!   default: a longer one wakes the driver less often, see
+//!   [`crate::model::HeartbeatModel::on_tick`]); the payload is the
+//!   intended time in µs since the epoch.
 //! - **Generations.** Every event or completion carries the session's
 //!   index and connection generation; one whose generation no longer
 //!   matches the session's is for a closed connection and is dropped.

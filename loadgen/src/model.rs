@@ -31,6 +31,12 @@
 //!   the outage are taken to have failed, the first after it succeeds.
 //! - **Drain**: every session closes at a uniform time inside the window and
 //!   does not come back.
+//! - **Tick**: heartbeats fall on multiples of `tick_ms` (1 by default),
+//!   so a client thread sends a tick's heartbeats in one wake-up; intervals
+//!   are rounded to the nearest tick and first heartbeats and storms up to
+//!   the next, and the intended time (from which lag and round trips are
+//!   measured) is the on-tick one. Closes and reconnects keep their
+//!   millisecond.
 #![forbid(unsafe_code)]
 
 /// One weighted client class.
@@ -157,6 +163,8 @@ pub struct HeartbeatModel {
     /// When heartbeats stop (end of the last phase).
     pub end_ms: u32,
     pub first: FirstBeat,
+    /// Heartbeats fall on multiples of this many ms (see [`Self::on_tick`]).
+    pub tick_ms: u32,
 }
 
 /// Why a planned close happens; decides whether and when to reconnect.
@@ -184,7 +192,15 @@ impl HeartbeatModel {
             drain: None,
             end_ms,
             first: FirstBeat::Spread,
+            tick_ms: 1,
         }
+    }
+
+    /// `t` rounded up to the heartbeat tick: the time a heartbeat that
+    /// falls due at `t` is sent.
+    pub fn on_tick(&self, t: u32) -> u32 {
+        let tick = u64::from(self.tick_ms.max(1));
+        (u64::from(t).div_ceil(tick) * tick).min(u64::from(u32::MAX)) as u32
     }
 
     fn unit(&self, stream: Stream, sid: u64, k: u64) -> f64 {
@@ -215,20 +231,26 @@ impl HeartbeatModel {
         if first_life && self.first == FirstBeat::Spread {
             let c = self.class(class);
             let phase = (self.unit(Stream::Phase, sid, 0) * f64::from(c.interval_ms)) as u32;
-            self.storm_before(sid, connected_ms, connected_ms.saturating_add(phase.max(1)))
+            let t = self.storm_before(sid, connected_ms, connected_ms.saturating_add(phase.max(1)));
+            self.on_tick(t)
         } else {
             self.next_beat(sid, class, connected_ms)
         }
     }
 
     /// The heartbeat after one intended at `prev_ms`: a jittered interval
-    /// later, or earlier if a storm picks this session in between.
+    /// later, or earlier if a storm picks this session in between. With a
+    /// tick over 1 ms the jittered time is rounded to the nearest tick (so
+    /// the mean interval stays exact) and a storm's time up to the next.
     pub fn next_beat(&self, sid: u64, class: u8, prev_ms: u32) -> u32 {
         let c = self.class(class);
         let u = self.unit(Stream::Jitter, sid, u64::from(prev_ms));
         let factor = 1.0 + c.jitter * (2.0 * u - 1.0);
-        let step = ((f64::from(c.interval_ms) * factor).round() as u32).max(1);
-        self.storm_before(sid, prev_ms, prev_ms.saturating_add(step))
+        let tick = f64::from(self.tick_ms.max(1));
+        let exact = f64::from(prev_ms) + f64::from(c.interval_ms) * factor;
+        let nearest = ((exact / tick).round() * tick).min(f64::from(u32::MAX)) as u32;
+        let regular = nearest.max(self.on_tick(prev_ms.saturating_add(1)));
+        self.on_tick(self.storm_before(sid, prev_ms, regular))
     }
 
     /// The earliest storm time of `sid` in `(after, regular)`, else `regular`.

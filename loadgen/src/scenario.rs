@@ -75,6 +75,7 @@ struct ScenarioFile {
     hold: Option<Dur>,
     heartbeat: Option<Dur>,
     jitter: Option<Frac>,
+    tick: Option<Dur>,
     first_heartbeat: Option<String>,
     source: Option<String>,
     threads: Option<usize>,
@@ -247,6 +248,9 @@ pub struct RunConfig {
     /// "spread" or "interval" (see [`FirstBeat`]).
     #[serde(default = "default_first_heartbeat")]
     pub first_heartbeat: String,
+    /// Heartbeats fall due on multiples of this (`--tick`).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
     pub churn: Option<ChurnConfig>,
     pub phases: Vec<PhaseConfig>,
     pub thresholds: Thresholds,
@@ -257,6 +261,24 @@ pub struct RunConfig {
 
 fn default_first_heartbeat() -> String {
     "spread".into()
+}
+
+fn default_tick_ms() -> u64 {
+    1
+}
+
+/// Longest `--tick`: a driver may sleep that long with replies waiting.
+const MAX_TICK_MS: u64 = 100;
+
+/// `--tick`, else the file's `tick`, in whole milliseconds.
+fn tick_ms(flag: Option<Duration>, file: Option<Dur>) -> Result<u64> {
+    let Some(tick) = flag.or(file.map(|d| d.0)) else {
+        return Ok(default_tick_ms());
+    };
+    if tick.subsec_nanos() % 1_000_000 != 0 || tick.is_zero() {
+        bail!("tick {tick:?}: expected a whole number of milliseconds, e.g. 4ms");
+    }
+    Ok(tick.as_millis() as u64)
 }
 
 /// Shard `index` of `count` of a run of `total_sessions`: its sessions
@@ -453,6 +475,7 @@ impl RunConfig {
                 .first_heartbeat
                 .clone()
                 .unwrap_or_else(default_first_heartbeat),
+            tick_ms: tick_ms(args.tick, file.tick)?,
             churn,
             phases,
             thresholds: Thresholds {
@@ -594,6 +617,9 @@ impl RunConfig {
                 self.first_heartbeat
             );
         }
+        if !(1..=MAX_TICK_MS).contains(&self.tick_ms) {
+            bail!("tick {} ms is outside 1 .. {MAX_TICK_MS} ms", self.tick_ms);
+        }
         for c in &self.classes {
             if c.heartbeat_ms < 10 || c.heartbeat_ms > MAX_RUN_MS {
                 bail!(
@@ -607,6 +633,17 @@ impl RunConfig {
             }
             if !(c.weight > 0.0 && c.weight.is_finite()) {
                 bail!("class {:?}: weight must be positive", c.name);
+            }
+            let shortest = (c.heartbeat_ms as f64 * (1.0 - c.jitter) + 1e-6).floor() as u64;
+            if self.tick_ms > 1 && shortest < self.tick_ms {
+                bail!(
+                    "tick {} ms is longer than class {:?}'s shortest heartbeat interval ({} ms \
+                     less {:.0}% jitter = {shortest} ms): use a tick of at most {shortest} ms",
+                    self.tick_ms,
+                    c.name,
+                    c.heartbeat_ms,
+                    c.jitter * 100.0
+                );
             }
         }
         if let Some(c) = &self.churn {
@@ -686,6 +723,7 @@ impl RunConfig {
             "interval" => FirstBeat::Interval,
             _ => FirstBeat::Spread, // validate() allows only the two
         };
+        m.tick_ms = self.tick_ms as u32;
         m.classes = self
             .classes
             .iter()

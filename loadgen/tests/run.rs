@@ -839,3 +839,79 @@ fn metrics_endpoints_serve_the_counters_of_server_supervisor_and_loadgen() {
         ],
     );
 }
+
+/// A line-protocol echo peer on 127.0.0.1:0 that also records every
+/// heartbeat's payload (the intended time, µs since the run's epoch).
+fn recording_echo() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    sink.lock().unwrap().push(line.trim().parse().unwrap());
+                    if out.write_all(format!("{line}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn heartbeats_fall_due_on_the_tick_on_both_backends() {
+    for io in ["epoll", "uring"] {
+        if io == "uring" && !io_uring_client("heartbeats_fall_due_on_the_tick_on_both_backends") {
+            continue;
+        }
+        for tick in [None, Some(4u64)] {
+            let (addr, seen) = recording_echo();
+            let dir = tempfile::tempdir().unwrap();
+            let tick_flag = tick.map_or(String::new(), |t| format!("--tick {t}ms"));
+            let out = loadgen(&format!(
+                "--io {io} --protocol line --target {addr} --sessions 20 --rate 1000 --hold 3s \
+                 --heartbeat 300ms --jitter 30% {tick_flag} --out {} --max-errors 0 \
+                 --max-unanswered 0",
+                dir.path().to_str().unwrap()
+            ));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{io} {tick:?}: {}",
+                describe(&out)
+            );
+            let s = summary(dir.path());
+            assert_eq!(num(&s, "/config/tick_ms"), tick.unwrap_or(1), "{io}");
+            let beats = seen.lock().unwrap().clone();
+            assert_eq!(
+                beats.len() as u64,
+                num(&s, "/heartbeats/sent"),
+                "{io} {tick:?}"
+            );
+            // 20 sessions, every ~300 ms for 3 s.
+            assert!(
+                beats.len() >= 150,
+                "{io} {tick:?}: {} heartbeats",
+                beats.len()
+            );
+            let off_tick = beats
+                .iter()
+                .filter(|&&us| !us.is_multiple_of(4_000))
+                .count();
+            match tick {
+                Some(_) => assert_eq!(off_tick, 0, "{io}: {beats:?}"),
+                // Jittered whole milliseconds: about 3 in 4 are off a 4 ms grid.
+                None => assert!(off_tick > beats.len() / 2, "{io}: {off_tick} off the grid"),
+            }
+        }
+    }
+}

@@ -12,7 +12,9 @@
 //!   recv is armed for the connection's life.
 //! - **Waiting.** On lazy rings (Linux 6.1+, see `ClientRings`) replies
 //!   wake nothing: the loop sleeps until its next deadline, but at most
-//!   [`REPLY_POLL_US`] while heartbeats await answers and
+//!   [`REPLY_POLL_US`] (or the heartbeat tick, `--tick`, if longer: the
+//!   heartbeats of a tick go out in one turn, and the next turn is the next
+//!   tick's) while heartbeats await answers and
 //!   [`CONNECT_POLL_US`] while connects (or handshakes) are in flight,
 //!   then takes whatever arrived. A round trip ends at the kernel's
 //!   receive time of the reply (its SO_TIMESTAMPNS), so the wait is not
@@ -160,7 +162,7 @@ impl SocketIo for UringIo {
             if d.inflight > 0 {
                 timeout = timeout.min(CONNECT_POLL_US);
             } else if d.unanswered() > 0 || !d.write_spill.is_empty() {
-                timeout = timeout.min(REPLY_POLL_US);
+                timeout = timeout.min(REPLY_POLL_US.max(u64::from(d.model.tick_ms) * 1_000));
             }
         }
         d.io.rings.wait(Duration::from_micros(timeout))?;

@@ -167,6 +167,70 @@ fn storm_beats_land_in_their_window_and_pick_the_fraction() {
 }
 
 #[test]
+fn a_tick_puts_every_beat_on_it_and_keeps_the_mean_interval() {
+    // An hour with churn and a storm, on a 4 ms tick: every heartbeat
+    // (first, regular, storm, after a reconnect) is on the tick, and the
+    // count is the untuned model's.
+    let mut m = HeartbeatModel::fixed(5, 30_000, 0.1, HOUR);
+    m.tick_ms = 4;
+    m.churn = Some(Churn {
+        lifetime: Lifetime::Exponential { mean_ms: 600_000.0 },
+        reconnect_ms: 2_001,
+    });
+    m.storms = vec![Storm {
+        at_ms: 1_200_001,
+        window_ms: 5_000,
+        fraction: 0.4,
+    }];
+    let mut off_tick = 0u64;
+    let mut storm_beats = 0u64;
+    simulate(&m, 5_000, 1_000.0, HOUR, |sid, t| {
+        off_tick += u64::from(!t.is_multiple_of(4));
+        if m.on_tick(m.storm_time(sid, 0).unwrap_or(0)) == t {
+            storm_beats += 1;
+            assert!((1_200_004..=1_205_004).contains(&t), "storm beat at {t}");
+        }
+    });
+    assert_eq!(off_tick, 0);
+    assert!(storm_beats > 1_000, "{storm_beats}");
+    assert_hour_matches(&m, 5_000, storm_beats);
+    // The rounding does not lengthen intervals: a tick a fifth of the
+    // interval would add ~3.5 ms (9 %) to each if it rounded up.
+    let mut m = HeartbeatModel::fixed(6, 40, 0.5, u32::MAX);
+    m.tick_ms = 8;
+    let (mut t, steps) = (0u32, 100_000u32);
+    for _ in 0..steps {
+        let next = m.next_beat(1, 0, t);
+        assert!(next > t && next.is_multiple_of(8), "{t} -> {next}");
+        t = next;
+    }
+    let mean = f64::from(t) / f64::from(steps);
+    assert!(within(mean, 40.0, 0.01), "mean interval {mean} ms");
+    // A first heartbeat is on the tick, never before the connect; with
+    // tick 1 nothing changes.
+    for connected in [0u32, 1, 3, 4, 5, 1_001] {
+        for sid in 0..200 {
+            let first = m.first_beat(sid, 0, connected, true);
+            assert!(
+                first > connected && first.is_multiple_of(8),
+                "{connected} -> {first}"
+            );
+            let next = m.first_beat(sid, 0, connected, false);
+            assert!(
+                next > connected && next.is_multiple_of(8),
+                "{connected} -> {next}"
+            );
+        }
+    }
+    m.tick_ms = 1;
+    assert_eq!(m.on_tick(1_001), 1_001);
+    assert_eq!(
+        m.next_beat(1, 0, 100),
+        100 + (40.0 * (1.0 + 0.5 * (2.0 * m.unit(Stream::Jitter, 1, 100) - 1.0))).round() as u32
+    );
+}
+
+#[test]
 fn outage_drops_the_fraction_and_reconnects_after_it_on_backoff() {
     let mut m = HeartbeatModel::fixed(5, 30_000, 0.1, HOUR);
     let outage = Outage {

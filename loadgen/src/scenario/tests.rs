@@ -140,6 +140,48 @@ fn first_heartbeat_is_spread_unless_the_file_says_interval() {
 }
 
 #[test]
+fn tick_comes_from_the_flag_or_the_file_in_whole_milliseconds_within_the_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let resolve = |text: &str, flags: &[&str]| {
+        std::fs::write(&path, text).unwrap();
+        let mut list = vec!["--scenario", path.to_str().unwrap()];
+        list.extend_from_slice(flags);
+        RunConfig::resolve(&args(&list))
+    };
+    let c = resolve("sessions = 10", &[]).unwrap();
+    assert_eq!((c.tick_ms, c.model().tick_ms), (1, 1));
+    let c = resolve("sessions = 10\ntick = \"4ms\"", &[]).unwrap();
+    assert_eq!((c.tick_ms, c.model().tick_ms), (4, 4));
+    let c = resolve("sessions = 10\ntick = \"4ms\"", &["--tick", "2ms"]).unwrap();
+    assert_eq!(c.model().tick_ms, 2);
+    // Children get the config as JSON; one written before the key existed
+    // still reads, with the old 1 ms.
+    let mut json = serde_json::to_value(&c).unwrap();
+    json.as_object_mut().unwrap().remove("tick_ms");
+    let old: RunConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.model().tick_ms, 1);
+    let err = |text: &str, flags: &[&str]| format!("{:#}", resolve(text, flags).unwrap_err());
+    assert!(err("tick = \"1500us\"", &[]).contains("whole number of milliseconds"));
+    assert!(err("", &["--tick", "0ms"]).contains("whole number of milliseconds"));
+    assert!(err("", &["--tick", "101ms"]).contains("outside 1 .. 100 ms"));
+    // 50 ms less 90 % jitter is 5 ms: a 6 ms tick could merge two beats.
+    let msg = err(
+        "[[class]]\nname = \"fast\"\nweight = 1\nheartbeat = \"50ms\"\njitter = \"90%\"",
+        &["--tick", "6ms"],
+    );
+    assert!(
+        msg.contains("class \"fast\"") && msg.contains("at most 5 ms"),
+        "{msg}"
+    );
+    assert!(resolve(
+        "[[class]]\nname = \"fast\"\nweight = 1\nheartbeat = \"50ms\"\njitter = \"90%\"",
+        &["--tick", "5ms"],
+    )
+    .is_ok());
+}
+
+#[test]
 fn a_shard_takes_its_share_of_sessions_rate_inflight_and_expectation() {
     let c = RunConfig::resolve(&args(&[
         "--sessions",
