@@ -993,6 +993,10 @@ mod tests {
         rings.wait(Duration::ZERO).unwrap(); // the recv is submitted
         let writer = std::thread::spawn(move || {
             use std::io::Write;
+            // After the wait below has gone to sleep: a reply already
+            // queued when it starts ends it at once (any_ready), which is
+            // right, but not what this test is about.
+            std::thread::sleep(Duration::from_millis(20));
             peer.write_all(b"pong").unwrap();
             (realtime_ns(), peer)
         });
