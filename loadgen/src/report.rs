@@ -458,6 +458,26 @@ pub fn threshold_failures(config: &RunConfig, summary: &Value) -> Vec<String> {
     failed
 }
 
+/// Sessions from which a VM's free page reporting is named beside the
+/// ramp: ~74 MB of socket slab on loopback, seconds of hypervisor faults.
+const RAMP_MEMORY_NOTE_SESSIONS: u64 = 10_000;
+
+/// Why the ramp may measure the VM: the host hands freed memory back to its
+/// hypervisor ([`crate::host::free_page_reporting`]).
+fn ramp_memory_note(s: &Value) -> Option<String> {
+    let order = s.pointer("/host/free_page_reporting_order")?.as_u64()?;
+    let sessions = s.pointer("/sessions/target").and_then(Value::as_u64)?;
+    (sessions >= RAMP_MEMORY_NOTE_SESSIONS).then(|| {
+        format!(
+            "freed memory goes back to this VM's hypervisor (virtio-balloon free page \
+             reporting, blocks of {} KiB and up): each run faults its socket slab in from the \
+             host again, so the ramp measures the VM too; compare ramps on this VM only, or turn \
+             free page reporting off in the VMM",
+            4u64 << order.min(20)
+        )
+    })
+}
+
 /// The short table of a summary (with the server's figures when present).
 pub fn table(s: &Value) -> String {
     let u = |p: &str| s.pointer(p).and_then(Value::as_u64).unwrap_or(0);
@@ -520,6 +540,9 @@ pub fn table(s: &Value) -> String {
         ("errors".into(), error_line(s)),
         ("loadgen memory per session".into(), memory(s, "/loadgen")),
     ];
+    if let Some(order) = ramp_memory_note(s) {
+        rows.insert(2, ("ramp memory".into(), order));
+    }
     if let Some(line) = protocol_line(s) {
         rows.insert(0, ("protocol".into(), line));
     }

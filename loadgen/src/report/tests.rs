@@ -69,6 +69,7 @@ fn summary_has_the_design_schema_and_the_thresholds_pass() {
         "/host/kernel",
         "/host/rlimit_nofile_hard",
         "/host/sysctl",
+        "/host/free_page_reporting_order",
         "/sessions/target",
         "/sessions/peak",
         "/sessions/held_at_end",
@@ -102,6 +103,32 @@ fn summary_has_the_design_schema_and_the_thresholds_pass() {
         "resp, the default, is not named: {t}"
     );
     assert_eq!(s["config"]["protocol"]["kind"], "resp");
+}
+
+#[test]
+fn the_table_names_a_vm_that_reports_free_pages_beside_a_large_ramp() {
+    let mut o = outcome(100, 0, 500);
+    o.host.free_page_reporting_order = Some(9);
+    let t = table(&summary(&o));
+    assert!(
+        !t.contains("ramp memory"),
+        "100 sessions' slab is no cost: {t}"
+    );
+    o.config.sessions = 10_000;
+    let t = table(&summary(&o));
+    let rows: Vec<&str> = t.lines().collect();
+    let at = rows
+        .iter()
+        .position(|l| l.trim_start().starts_with("ramp memory"))
+        .unwrap_or_else(|| panic!("no ramp memory row: {t}"));
+    assert!(rows[at - 1].contains("connect rate: ramp"), "{t}");
+    assert!(
+        rows[at].contains("free page reporting, blocks of 2048 KiB and up"),
+        "{t}"
+    );
+    assert!(rows[at].contains("turn free page reporting off"), "{t}");
+    o.host.free_page_reporting_order = None;
+    assert!(!table(&summary(&o)).contains("ramp memory"), "bare metal");
 }
 
 #[test]
