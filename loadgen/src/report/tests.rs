@@ -127,6 +127,17 @@ fn the_table_names_a_vm_that_reports_free_pages_beside_a_large_ramp() {
         "{t}"
     );
     assert!(rows[at].contains("turn free page reporting off"), "{t}");
+    // A ramp that kept to its rate was not held back: no row.
+    o.config.rate = 20_000.0;
+    o.counters.ramp_connected = 10_000;
+    o.counters.ramp_first_us = 0;
+    o.counters.ramp_last_us = 500_000; // 20 000/s
+    assert!(!table(&summary(&o)).contains("ramp memory"), "on its rate");
+    o.counters.ramp_last_us = 600_000; // 16 667/s: under 90 %
+    assert!(
+        table(&summary(&o)).contains("ramp memory"),
+        "short of its rate"
+    );
     o.host.free_page_reporting_order = None;
     assert!(!table(&summary(&o)).contains("ramp memory"), "bare metal");
 }
