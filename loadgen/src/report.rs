@@ -486,7 +486,7 @@ fn ramp_memory_note(s: &Value) -> Option<String> {
              reporting, blocks of {} KiB and up): each run faults its socket slab in from the \
              host again, so the ramp measures the VM too; compare ramps on this VM only, or turn \
              free page reporting off in the VMM",
-            4u64 << order.min(20)
+            4u64 << order.min(20) // 2^order pages of 4 KiB
         )
     })
 }
@@ -553,8 +553,8 @@ pub fn table(s: &Value) -> String {
         ("errors".into(), error_line(s)),
         ("loadgen memory per session".into(), memory(s, "/loadgen")),
     ];
-    if let Some(order) = ramp_memory_note(s) {
-        rows.insert(2, ("ramp memory".into(), order));
+    if let Some(note) = ramp_memory_note(s) {
+        rows.insert(2, ("ramp memory".into(), note));
     }
     if let Some(line) = protocol_line(s) {
         rows.insert(0, ("protocol".into(), line));
