@@ -62,6 +62,13 @@ pub struct RunArgs {
     /// io_uring where the kernel has it) [default: auto].
     #[arg(long, value_name = "auto|epoll|uring")]
     pub io: Option<String>,
+    /// How io_uring drivers read replies: `deferred` (a recv per tick on
+    /// the sessions that sent, without waiting, so a reply wakes no one;
+    /// a POLLRDHUP poll per connection sees the server's FIN) or `armed`
+    /// (a multishot recv per connection, woken by every reply)
+    /// [default: deferred].
+    #[arg(long, value_name = "deferred|armed")]
+    pub uring_recv: Option<String>,
     /// What the sessions speak: resp (PING, echoed), line (newline echo),
     /// websocket (RFC 6455 ping/pong), mqtt (CONNECT, PINGREQ/PINGRESP),
     /// memcache (`version`) or http (keep-alive GET) [default: resp].

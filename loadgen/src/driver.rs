@@ -155,16 +155,16 @@ trait SocketIo: Sized {
 pub struct Prepared(Either);
 
 enum Either {
-    Epoll(Driver<epoll::EpollIo>),
-    Uring(Driver<uring::UringIo>),
+    Epoll(Box<Driver<epoll::EpollIo>>),
+    Uring(Box<Driver<uring::UringIo>>),
 }
 
 impl Prepared {
     /// Runs the loop from the epoch of `clock` until the run's end.
     pub fn run(self, clock: RunClock) -> io::Result<()> {
         match self.0 {
-            Either::Epoll(d) => d.run(clock),
-            Either::Uring(d) => d.run(clock),
+            Either::Epoll(d) => (*d).run(clock),
+            Either::Uring(d) => (*d).run(clock),
         }
     }
 }
@@ -184,11 +184,14 @@ pub fn prepare(
     Ok(Prepared(match spec.io {
         DriverIo::Epoll => {
             let io = epoll::EpollIo::new(spec.count as usize)?;
-            Either::Epoll(Driver::new(spec, plan, model, shared, io))
+            Either::Epoll(Box::new(Driver::new(spec, plan, model, shared, io)))
         }
-        DriverIo::Uring { slots_per_ring } => {
-            let io = uring::UringIo::new(spec.count, slots_per_ring, spec.protocol.kind)?;
-            Either::Uring(Driver::new(spec, plan, model, shared, io))
+        DriverIo::Uring {
+            slots_per_ring,
+            recv,
+        } => {
+            let io = uring::UringIo::new(spec.count, slots_per_ring, spec.protocol.kind, recv)?;
+            Either::Uring(Box::new(Driver::new(spec, plan, model, shared, io)))
         }
     }))
 }

@@ -24,7 +24,7 @@
 
 use crate::clock::RunClock;
 use crate::fleet::{LocalFleet, Share, Snapshot};
-use crate::scenario::{IoMode, RunConfig};
+use crate::scenario::{IoMode, RunConfig, UringRecv};
 use crate::stats::{Counters, Histos};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -61,8 +61,11 @@ pub enum DriverIo {
     #[default]
     Epoll,
     /// io_uring direct descriptors, `slots_per_ring` per ring, as many
-    /// rings per driver as its sessions need.
-    Uring { slots_per_ring: u32 },
+    /// rings per driver as its sessions need; replies read as `recv` says.
+    Uring {
+        slots_per_ring: u32,
+        recv: UringRecv,
+    },
 }
 
 impl DriverIo {
@@ -128,7 +131,10 @@ pub fn layout(
     let on_uring = |why: String| Layout {
         procs,
         threads,
-        io: DriverIo::Uring { slots_per_ring },
+        io: DriverIo::Uring {
+            slots_per_ring,
+            recv: config.uring_recv,
+        },
         why,
     };
     match config.io {
@@ -639,7 +645,8 @@ mod tests {
                 1,
                 2,
                 DriverIo::Uring {
-                    slots_per_ring: 20_000
+                    slots_per_ring: 20_000,
+                    recv: UringRecv::Deferred,
                 }
             )
         );
@@ -660,6 +667,22 @@ mod tests {
         assert_eq!(
             (l.io.name(), l.threads, l.why.as_str()),
             ("uring", 2, "uring")
+        );
+        // The way replies are read is the config's.
+        let armed = RunConfig {
+            uring_recv: UringRecv::Armed,
+            ..with_io(100, IoMode::Uring)
+        };
+        let l = layout(&armed, 20_000, 2, &uring_ok).unwrap();
+        assert!(
+            matches!(
+                l.io,
+                DriverIo::Uring {
+                    recv: UringRecv::Armed,
+                    ..
+                }
+            ),
+            "{l:?}"
         );
         let l = layout(&with_io(1_000_000, IoMode::Epoll), 20_000, 2, &uring_ok).unwrap();
         assert_eq!((l.io, l.threads), (DriverIo::Epoll, 51));

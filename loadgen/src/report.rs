@@ -91,6 +91,8 @@ pub struct RunOutcome {
     /// The drivers' socket interface (`epoll` or `uring`) and why.
     pub io: String,
     pub io_why: String,
+    /// How io_uring drivers read replies (`deferred`, `armed`); none on epoll.
+    pub uring_recv: Option<String>,
     pub counters: Counters,
     pub histos: Histos,
     /// The intervals after every ramp session was open, up to the hold's
@@ -202,7 +204,7 @@ pub fn summary(o: &RunOutcome) -> Value {
     let mut s = json!({
         "config": o.config,
         "host": o.host,
-        "layout": {"procs": o.procs, "threads_per_proc": o.threads, "drivers": o.procs * o.threads, "io": o.io, "io_why": o.io_why},
+        "layout": {"procs": o.procs, "threads_per_proc": o.threads, "drivers": o.procs * o.threads, "io": o.io, "io_why": o.io_why, "uring_recv": o.uring_recv},
         "timeline_ms": {"ramp_end": tl.ramp_end_ms, "hold_end": tl.hold_end_ms, "end": tl.end_ms,
                          "deadline": tl.deadline_ms},
         "duration_s": round1(o.duration_s),

@@ -500,6 +500,10 @@ pub fn run_command(args: &RunArgs) -> Result<i32> {
         threads,
         io: layout.io.name().into(),
         io_why: layout.why.clone(),
+        uring_recv: match layout.io {
+            procs::DriverIo::Uring { recv, .. } => Some(recv.name().into()),
+            procs::DriverIo::Epoll => None,
+        },
         histos: totals,
         full_hold,
         cpu_window_from,

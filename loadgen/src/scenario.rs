@@ -81,6 +81,7 @@ struct ScenarioFile {
     threads: Option<usize>,
     procs: Option<toml::Value>,
     io: Option<String>,
+    uring_recv: Option<String>,
     protocol: Option<String>,
     path: Option<String>,
     host: Option<String>,
@@ -210,6 +211,46 @@ impl IoMode {
     }
 }
 
+/// How an io_uring driver reads its replies (`--uring-recv`, scenario key
+/// `uring_recv`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UringRecv {
+    /// Nothing waits on a socket for its replies: each turn receives, once
+    /// and without waiting, on the sessions that sent in the turn before
+    /// (a tick earlier), so a reply's arrival wakes no one; a reply not
+    /// there yet gets a POLLIN poll; a POLLRDHUP poll on every connection
+    /// sees the server's FIN or RST. Round trips still end at the kernel's
+    /// receive time.
+    #[default]
+    Deferred,
+    /// A multishot recv armed for each connection's life: every reply
+    /// wakes it (the server's CPU pays that wake-up on loopback).
+    Armed,
+}
+
+impl UringRecv {
+    pub fn parse(text: &str) -> Result<UringRecv> {
+        match text {
+            "deferred" => Ok(UringRecv::Deferred),
+            "armed" => Ok(UringRecv::Armed),
+            other => bail!("uring_recv {other:?}: expected deferred or armed"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UringRecv::Deferred => "deferred",
+            UringRecv::Armed => "armed",
+        }
+    }
+
+    /// What configs written before the option ran.
+    fn before_the_option() -> UringRecv {
+        UringRecv::Armed
+    }
+}
+
 /// Everything a run needs, resolved; see the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -231,6 +272,9 @@ pub struct RunConfig {
     /// The drivers' socket interface.
     #[serde(default)]
     pub io: IoMode,
+    /// How io_uring drivers read replies.
+    #[serde(default = "UringRecv::before_the_option")]
+    pub uring_recv: UringRecv,
     /// What the sessions speak.
     #[serde(default)]
     pub protocol: ProtocolConfig,
@@ -464,6 +508,10 @@ impl RunConfig {
             io: match args.io.clone().or(file.io.clone()) {
                 Some(text) => IoMode::parse(&text)?,
                 None => IoMode::Auto,
+            },
+            uring_recv: match args.uring_recv.clone().or(file.uring_recv.clone()) {
+                Some(text) => UringRecv::parse(&text)?,
+                None => UringRecv::default(),
             },
             protocol: ProtocolConfig::default(),
             shard: None,

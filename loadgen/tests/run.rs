@@ -483,6 +483,7 @@ fn one_io_uring_driver_holds_more_sessions_than_its_descriptor_limit() {
     let s = summary(dir.path());
     assert_eq!(s["layout"]["io"], "uring", "{:#}", s["layout"]);
     assert_eq!(s["layout"]["io_why"], "auto:over-tables,io_uring");
+    assert_eq!(s["layout"]["uring_recv"], "deferred", "{:#}", s["layout"]);
     held_3000_in_one_process_of(&s, 1);
 
     // Sessions that fit a table per CPU stay on epoll.
@@ -498,6 +499,7 @@ fn one_io_uring_driver_holds_more_sessions_than_its_descriptor_limit() {
     let s = summary(dir.path());
     assert_eq!(s["layout"]["io"], "epoll", "{:#}", s["layout"]);
     assert_eq!(s["layout"]["io_why"], "auto:fits-tables");
+    assert!(s["layout"]["uring_recv"].is_null(), "{:#}", s["layout"]);
 }
 
 /// Without CAP_IPC_LOCK every io_uring ring counts against RLIMIT_MEMLOCK
@@ -867,18 +869,28 @@ fn recording_echo() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
     (addr, seen)
 }
 
+/// The socket interfaces and io_uring's two ways of reading replies (where
+/// this kernel runs the io_uring client): `--io` and `--uring-recv` flags.
+fn every_backend(test: &str) -> Vec<&'static str> {
+    let mut all = vec!["--io epoll"];
+    if io_uring_client(test) {
+        all.extend([
+            "--io uring --uring-recv deferred",
+            "--io uring --uring-recv armed",
+        ]);
+    }
+    all
+}
+
 #[test]
 fn heartbeats_fall_due_on_the_tick_on_both_backends() {
-    for io in ["epoll", "uring"] {
-        if io == "uring" && !io_uring_client("heartbeats_fall_due_on_the_tick_on_both_backends") {
-            continue;
-        }
+    for io in every_backend("heartbeats_fall_due_on_the_tick_on_both_backends") {
         for tick in [None, Some(4u64)] {
             let (addr, seen) = recording_echo();
             let dir = tempfile::tempdir().unwrap();
             let tick_flag = tick.map_or(String::new(), |t| format!("--tick {t}ms"));
             let out = loadgen(&format!(
-                "--io {io} --protocol line --target {addr} --sessions 20 --rate 1000 --hold 3s \
+                "{io} --protocol line --target {addr} --sessions 20 --rate 1000 --hold 3s \
                  --heartbeat 300ms --jitter 30% {tick_flag} --out {} --max-errors 0 \
                  --max-unanswered 0",
                 dir.path().to_str().unwrap()
@@ -913,5 +925,57 @@ fn heartbeats_fall_due_on_the_tick_on_both_backends() {
                 None => assert!(off_tick > beats.len() / 2, "{io}: {off_tick} off the grid"),
             }
         }
+    }
+}
+
+/// A peer that takes `n` connections, reads nothing back, and one second
+/// after the last closes its listener (reconnects are refused), then ends
+/// the even-numbered connections with a FIN and the odd ones with an RST.
+fn closing_peer(n: usize) -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for conn in listener.incoming().take(n) {
+            conns.push(conn.unwrap());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        drop(listener);
+        for (i, mut c) in conns.into_iter().enumerate() {
+            // Unread bytes would turn the FIN into an RST.
+            c.set_nonblocking(true).unwrap();
+            let mut sink = [0u8; 256];
+            while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+            if i % 2 == 1 {
+                socket2::SockRef::from(&c)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        }
+    });
+    addr
+}
+
+/// A server that ends connections between heartbeats (heartbeats every
+/// 60 s, a 3 s hold) is seen doing so at once on every backend: with
+/// deferred reads nothing reads a quiet connection, and its POLLRDHUP
+/// poll is what sees the FIN or the RST.
+#[test]
+fn a_server_ending_connections_between_heartbeats_is_seen_at_once() {
+    for io in every_backend("a_server_ending_connections_between_heartbeats_is_seen_at_once") {
+        let addr = closing_peer(20);
+        let dir = tempfile::tempdir().unwrap();
+        let out = loadgen(&format!(
+            "{io} --protocol line --target {addr} --sessions 20 --rate 1000 --hold 3s \
+             --heartbeat 60s --out {}",
+            dir.path().to_str().unwrap()
+        ));
+        assert_eq!(out.status.code(), Some(0), "{io}: {}", describe(&out));
+        let s = summary(dir.path());
+        assert_eq!(num(&s, "/sessions/held_at_end"), 0, "{io}: {s:#}");
+        assert_eq!(num(&s, "/errors/eof"), 10, "{io}: {s:#}");
+        assert_eq!(num(&s, "/errors/reset"), 10, "{io}: {s:#}");
+        assert!(num(&s, "/errors/refused") > 0, "{io}: reconnects {s:#}");
     }
 }

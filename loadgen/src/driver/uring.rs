@@ -8,8 +8,8 @@
 //!   completion whose generation is not the session's is for a closed
 //!   connection and is dropped.
 //! - **Connect.** One linked chain (socket, options, bind, connect); its
-//!   completion (or a failed step's) ends the connect. Then a multishot
-//!   recv is armed for the connection's life.
+//!   completion (or a failed step's) ends the connect. Then what reads
+//!   the connection is armed (see Reads).
 //! - **Waiting.** On lazy rings (Linux 6.1+, see `ClientRings`) replies
 //!   wake nothing: the loop sleeps until its next deadline, but at most
 //!   [`REPLY_POLL_US`] (or the heartbeat tick, `--tick`, if longer: the
@@ -20,23 +20,41 @@
 //!   receive time of the reply (its SO_TIMESTAMPNS), so the wait is not
 //!   in it; a connect's latency ends when the loop sees its completion, at
 //!   most [`CONNECT_POLL_US`] late.
-//! - **Reads.** Each recv completion's bytes are parsed at once; one that
-//!   ends the recv (ENOBUFS when the ring's buffers ran dry, or the kernel
-//!   ending it) is re-armed at the end of the turn; ENOBUFS is counted
-//!   (`recv_enobufs`).
+//! - **Reads, deferred** (`--uring-recv deferred`, the default). Nothing
+//!   waits on a socket for its replies, so a reply's arrival wakes no one:
+//!   on loopback the server's send runs the delivery, and waking a waiter
+//!   (io_uring's poll callback queueing work on this driver's ring) was
+//!   ~10 % of the server's CPU (results/million/profile-server-tick4-100k).
+//!   Each turn, after its sleep, receives once without waiting
+//!   (`recv_now`: MSG_DONTWAIT, completing in its submission) on every
+//!   session that sent in the turn before, a tick earlier: a reply (RTT p50
+//!   ~1 ms) is almost always there. A session whose reply is not there yet
+//!   gets a one-shot POLLIN poll, and a recv when it fires. Every
+//!   connection keeps a POLLRDHUP poll, which arriving bytes do not run
+//!   (the kernel's wake-up names POLLIN, which it does not ask for) and
+//!   the server's FIN or RST fires: the connection is then read to its end.
+//!   A round trip still ends at the kernel's receive time (SO_TIMESTAMPNS).
+//! - **Reads, armed** (`--uring-recv armed`). A multishot recv for the
+//!   connection's life. Each recv completion's bytes are parsed at once;
+//!   one that ends the recv (ENOBUFS when the ring's buffers ran dry, or
+//!   the kernel ending it) is re-armed at the end of the turn; ENOBUFS is
+//!   counted (`recv_enobufs`).
 //! - **Writes.** A heartbeat is handed to the kernel whole (MSG_WAITALL);
 //!   one due while the previous send of the session is in flight waits in
 //!   the write spill until that send completes.
-//! - **Close.** Cancels the session's recv (or connect) by tag and closes
-//!   the slot; the socket's last reference then drops and sends the FIN.
+//! - **Close.** Cancels the session's armed requests (its recv or polls,
+//!   or its connect) by tag and closes the slot; the socket's last
+//!   reference then drops and sends the FIN.
 #![forbid(unsafe_code)]
 
 use super::{Driver, Sent, SocketIo};
 use crate::clock::RunClock;
 use crate::proto::ProtocolKind;
+use crate::scenario::UringRecv;
 use crate::session::State;
 use crate::stats::ErrorKind;
 use c10m_server::sys::uring::client::{ClientRings, Completion, Kind};
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -79,6 +97,10 @@ pub const CONNECT_POLL_US: u64 = 100;
 const CONNECT: u64 = 0;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
+/// Deferred reads: the connection's POLLRDHUP poll.
+const HUP: u64 = 3;
+/// Deferred reads: a late reply's POLLIN poll.
+const READABLE: u64 = 4;
 
 fn tag(kind: u64, gen: u16, idx: u32) -> u64 {
     kind << 48 | u64::from(gen) << 32 | u64::from(idx)
@@ -95,6 +117,14 @@ pub struct UringIo {
     data: Vec<u8>,
     /// Recvs to re-arm at the end of the turn: (index, generation).
     rearm: Vec<(u32, u16)>,
+    recv: UringRecv,
+    /// Deferred: sessions that sent since the last turn's recvs, and
+    /// those whose recv is due again (index, generation).
+    recv_due: Vec<(u32, u16)>,
+    /// Deferred: sessions with a POLLIN poll armed (a late reply).
+    waiting: HashSet<u32>,
+    /// Deferred: sessions whose POLLRDHUP poll fired, read to their end.
+    ending: HashSet<u32>,
     /// CLOCK_REALTIME when this turn's run time was read (to place the
     /// replies' arrival times on the run clock).
     now_realtime_ns: u64,
@@ -103,7 +133,12 @@ pub struct UringIo {
 impl UringIo {
     /// Rings for `sessions` slots, `slots_per_ring` each, made on the
     /// calling (driver) thread.
-    pub fn new(sessions: u64, slots_per_ring: u32, protocol: ProtocolKind) -> io::Result<UringIo> {
+    pub fn new(
+        sessions: u64,
+        slots_per_ring: u32,
+        protocol: ProtocolKind,
+        recv: UringRecv,
+    ) -> io::Result<UringIo> {
         let size = buffer_size(protocol);
         let rings = ClientRings::new(sessions, slots_per_ring, URING_BUFFERS, size)?;
         Ok(UringIo {
@@ -111,6 +146,10 @@ impl UringIo {
             completions: Vec::with_capacity(4096),
             data: Vec::with_capacity(64 * 1024),
             rearm: Vec::with_capacity(1024),
+            recv,
+            recv_due: Vec::with_capacity(4096),
+            waiting: HashSet::new(),
+            ending: HashSet::new(),
             now_realtime_ns: 0,
         })
     }
@@ -130,6 +169,9 @@ impl SocketIo for UringIo {
 
     fn send(&mut self, idx: u32, gen: u16, bytes: &[u8]) -> io::Result<Sent> {
         self.rings.send(idx, tag(SEND, gen, idx), bytes)?;
+        if self.recv == UringRecv::Deferred {
+            self.recv_due.push((idx, gen));
+        }
         Ok(Sent::InFlight)
     }
 
@@ -138,14 +180,29 @@ impl SocketIo for UringIo {
     }
 
     fn close(&mut self, idx: u32, gen: u16, state: State) {
-        // The armed request holds the socket: cancel it, then close.
-        let armed = match state {
-            State::Connecting => tag(CONNECT, gen, idx),
-            _ => tag(RECV, gen, idx),
+        // The armed requests hold the socket: cancel them, then close.
+        let mut armed = [0; 2];
+        let mut n = 0;
+        let mut arm = |t: u64| {
+            armed[n] = t;
+            n += 1;
         };
+        match (state, self.recv) {
+            (State::Connecting, _) => arm(tag(CONNECT, gen, idx)),
+            (_, UringRecv::Armed) => arm(tag(RECV, gen, idx)),
+            (_, UringRecv::Deferred) => {
+                // A POLLRDHUP poll that fired is gone already.
+                if !self.ending.remove(&idx) {
+                    arm(tag(HUP, gen, idx));
+                }
+                if self.waiting.remove(&idx) {
+                    arm(tag(READABLE, gen, idx));
+                }
+            }
+        }
         // A slot that cannot be closed (its ring's SQ refused the request)
         // is closed with the rings at the end of the run.
-        let _ = self.rings.close(idx, &[armed]);
+        let _ = self.rings.close(idx, &armed[..n]);
     }
 
     fn late_connect(_d: &mut Driver<Self>, _idx: u32, _now_us: u64) -> bool {
@@ -158,7 +215,7 @@ impl SocketIo for UringIo {
         let mut timeout = (u64::from(wake_ms) * 1_000)
             .saturating_sub(now_us)
             .min(250_000);
-        if d.io.rings.lazy() {
+        if d.io.rings.lazy() || d.io.recv == UringRecv::Deferred {
             if d.inflight > 0 {
                 timeout = timeout.min(CONNECT_POLL_US);
             } else if d.unanswered() > 0 || !d.write_spill.is_empty() {
@@ -171,6 +228,9 @@ impl SocketIo for UringIo {
         // A reply read now may let a planned close (a drain's first) go
         // ahead: what was held at the hold's end is counted first.
         d.record_held((now_us / 1_000) as u32);
+        if d.io.recv == UringRecv::Deferred {
+            d.recv_due_now(now_us);
+        }
         let mut completions = std::mem::take(&mut d.io.completions);
         let mut data = std::mem::take(&mut d.io.data);
         completions.clear();
@@ -207,12 +267,112 @@ impl SocketIo for UringIo {
 }
 
 impl Driver<UringIo> {
+    /// Arms what reads session `idx`'s new connection: its multishot recv
+    /// (armed) or its POLLRDHUP poll (deferred).
     fn arm_recv(&mut self, idx: u32, now_us: u64) {
         let gen = self.sessions[idx as usize].gen();
-        if let Err(e) = self.io.rings.recv(idx, tag(RECV, gen, idx)) {
+        let armed = match self.io.recv {
+            UringRecv::Armed => self.io.rings.recv(idx, tag(RECV, gen, idx)),
+            UringRecv::Deferred => {
+                self.io
+                    .rings
+                    .poll(idx, tag(HUP, gen, idx), nix::libc::POLLRDHUP as u32)
+            }
+        };
+        if let Err(e) = armed {
             let now = (now_us / 1_000) as u32;
             self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
         }
+    }
+
+    /// Deferred: receives, without waiting, on every session that sent
+    /// since the last turn or whose recv is due again (once each).
+    fn recv_due_now(&mut self, now_us: u64) {
+        let mut due = std::mem::take(&mut self.io.recv_due);
+        if due.len() > 1 {
+            due.sort_unstable();
+            due.dedup();
+        }
+        for &(idx, gen) in &due {
+            let s = &self.sessions[idx as usize];
+            if s.gen() == gen && s.wire_state() == State::Open && !self.io.waiting.contains(&idx) {
+                self.recv_now(idx, gen, now_us);
+            }
+        }
+        due.clear();
+        self.io.recv_due = due;
+    }
+
+    fn recv_now(&mut self, idx: u32, gen: u16, now_us: u64) {
+        if let Err(e) = self.io.rings.recv_now(idx, tag(RECV, gen, idx)) {
+            let now = (now_us / 1_000) as u32;
+            self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+        }
+    }
+
+    /// Deferred: session `idx` awaits bytes that have not arrived: a
+    /// POLLIN poll wakes the driver when they do.
+    fn await_bytes(&mut self, idx: u32, gen: u16, now_us: u64) {
+        if !self.io.waiting.insert(idx) {
+            return;
+        }
+        if let Err(e) = self
+            .io
+            .rings
+            .poll(idx, tag(READABLE, gen, idx), nix::libc::POLLIN as u32)
+        {
+            self.io.waiting.remove(&idx);
+            let now = (now_us / 1_000) as u32;
+            self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+        }
+    }
+
+    /// Deferred: session `idx` awaits a reply (or a handshake's answer).
+    fn expects_bytes(&self, idx: u32) -> bool {
+        let s = &self.sessions[idx as usize];
+        s.outstanding() > 0 || s.handshaking() || s.has_read_spill()
+    }
+
+    /// Deferred: a recv_now's completion on an open session.
+    fn complete_recv_now(&mut self, c: &Completion, data: &[u8], now_us: u64) {
+        let now = (now_us / 1_000) as u32;
+        let (_, gen, idx) = untag(c.tag);
+        if c.result == -nix::libc::EAGAIN {
+            // Late, or the peer's FIN came with nothing (ending: read on).
+            if self.io.ending.contains(&idx) || self.expects_bytes(idx) {
+                self.await_bytes(idx, gen, now_us);
+            }
+            return;
+        }
+        if let Some(e) = c.error() {
+            return self.fail(idx, ErrorKind::of_io(&e), now, Some(e.to_string()));
+        }
+        if c.result == 0 {
+            return self.fail(idx, ErrorKind::Eof, now, None);
+        }
+        if !self.take_bytes(c, data, now_us) {
+            return;
+        }
+        // A full record may have left bytes behind, and a connection the
+        // server ended is read to its end: receive again next turn.
+        let full = c.data.len() >= self.io.rings.recv_now_len();
+        if full || self.io.ending.contains(&idx) {
+            self.io.recv_due.push((idx, gen));
+        } else if self.expects_bytes(idx) {
+            self.await_bytes(idx, gen, now_us);
+        }
+    }
+
+    /// Hands a recv's bytes to the session; false if that ended it.
+    fn take_bytes(&mut self, c: &Completion, data: &[u8], now_us: u64) -> bool {
+        let idx = untag(c.tag).2;
+        let bytes = &data[c.data.clone()];
+        self.scratch[..bytes.len()].copy_from_slice(bytes);
+        let arrived_us = match c.rx_realtime_ns {
+            0 => now_us,
+            rx => RunClock::run_us_of_realtime(now_us, self.io.now_realtime_ns, rx),
+        };
+        self.ingest(idx, bytes.len(), now_us, arrived_us)
     }
 
     fn complete(&mut self, c: &Completion, data: &[u8], now_us: u64) {
@@ -239,6 +399,26 @@ impl Driver<UringIo> {
                 }
                 None => {}
             },
+            (RECV, State::Open) if self.io.recv == UringRecv::Deferred => {
+                self.complete_recv_now(c, data, now_us);
+            }
+            (HUP, State::Open) | (READABLE, State::Open) => {
+                if kind == READABLE {
+                    self.io.waiting.remove(&idx);
+                }
+                match c.error() {
+                    // A cancelled poll (its connection closed) is stale.
+                    Some(_) if c.result == -nix::libc::ECANCELED => {}
+                    Some(e) => failed(self, e),
+                    None => {
+                        if kind == HUP {
+                            // The server's FIN or RST: read to the end.
+                            self.io.ending.insert(idx);
+                        }
+                        self.recv_now(idx, gen, now_us);
+                    }
+                }
+            }
             (RECV, State::Open) => {
                 if c.result == -(nix::errno::Errno::ENOBUFS as i32) {
                     self.counters.recv_enobufs += 1;
@@ -251,13 +431,7 @@ impl Driver<UringIo> {
                 if c.result == 0 {
                     return self.fail(idx, ErrorKind::Eof, now, None);
                 }
-                let bytes = &data[c.data.clone()];
-                self.scratch[..bytes.len()].copy_from_slice(bytes);
-                let arrived_us = match c.rx_realtime_ns {
-                    0 => now_us,
-                    rx => RunClock::run_us_of_realtime(now_us, self.io.now_realtime_ns, rx),
-                };
-                if self.ingest(idx, bytes.len(), now_us, arrived_us) && !c.more {
+                if self.take_bytes(c, data, now_us) && !c.more {
                     self.io.rearm.push((idx, gen));
                 }
             }

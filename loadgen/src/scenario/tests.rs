@@ -182,6 +182,34 @@ fn tick_comes_from_the_flag_or_the_file_in_whole_milliseconds_within_the_interva
 }
 
 #[test]
+fn uring_recv_comes_from_the_flag_or_the_file_and_old_configs_read_as_armed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let resolve = |text: &str, flags: &[&str]| {
+        std::fs::write(&path, text).unwrap();
+        let mut list = vec!["--scenario", path.to_str().unwrap()];
+        list.extend_from_slice(flags);
+        RunConfig::resolve(&args(&list))
+    };
+    let c = resolve("sessions = 10", &[]).unwrap();
+    assert_eq!(c.uring_recv, UringRecv::Deferred);
+    let c = resolve("sessions = 10\nuring_recv = \"armed\"", &[]).unwrap();
+    assert_eq!(c.uring_recv, UringRecv::Armed);
+    let c = resolve("uring_recv = \"armed\"", &["--uring-recv", "deferred"]).unwrap();
+    assert_eq!(c.uring_recv, UringRecv::Deferred);
+    // A config written before the option ran armed recvs.
+    let mut json = serde_json::to_value(&c).unwrap();
+    json.as_object_mut().unwrap().remove("uring_recv");
+    let old: RunConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.uring_recv, UringRecv::Armed);
+    let err = format!("{:#}", resolve("", &["--uring-recv", "lazy"]).unwrap_err());
+    assert!(
+        err.contains("uring_recv \"lazy\": expected deferred or armed"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_shard_takes_its_share_of_sessions_rate_inflight_and_expectation() {
     let c = RunConfig::resolve(&args(&[
         "--sessions",

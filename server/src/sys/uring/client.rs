@@ -23,6 +23,15 @@
 //!   back at once, so a ring's buffers cover one turn's replies, not its
 //!   connections. ENOBUFS (the ring ran dry) ends it without consuming
 //!   data: the caller re-arms it.
+//! - **recv_now**: a one-shot RECVMSG with MSG_DONTWAIT into a record of
+//!   its own (header, control room for the arrival time, payload), which
+//!   completes in its submission: the bytes that have arrived, EAGAIN, or
+//!   0 at the FIN. It leaves no waiter on the socket, so bytes arriving
+//!   wake no one (the load generator's deferred reads: on loopback the
+//!   server's send pays the wake-up of a waiting recv).
+//! - **poll**: a one-shot POLL_ADD. One for POLLRDHUP is not run by
+//!   arriving bytes (the wake-up names POLLIN, which it does not ask for)
+//!   and fires at the peer's FIN or RST; one for POLLIN fires for bytes.
 //! - **send**: the bytes are copied into a send arena (valid until the
 //!   completion) and sent with MSG_WAITALL: the kernel finishes a short
 //!   send itself, so a completion is the whole message or an error; a
@@ -117,6 +126,7 @@ const KIND_OP: u64 = 0;
 const KIND_SEND: u64 = 1;
 const KIND_IGNORE: u64 = 2;
 const KIND_SETUP: u64 = 3;
+const KIND_RECV_NOW: u64 = 4;
 const IGNORE: u64 = KIND_IGNORE << KIND_SHIFT;
 const BGID: u16 = 0;
 
@@ -142,6 +152,68 @@ impl RecvHeader {
         let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
         h.msg_controllen = CONTROL_LEN;
         RecvHeader(h)
+    }
+}
+
+/// Payload room of a one-shot recv ([`ClientRings::recv_now`]) per
+/// provided-buffer byte: a recv that fills it is followed by another.
+const RECV_NOW_FACTOR: usize = 4;
+
+/// Spare one-shot recv records kept for reuse; more are freed.
+const RECV_NOW_SPARES: usize = 4096;
+
+/// A one-shot RECVMSG in flight: its header, control room and payload,
+/// boxed (the kernel writes all three, and the header's lengths, when it
+/// completes), and the caller's tag.
+struct RecvNow {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    control: Control,
+    payload: Box<[u8]>,
+    tag: u64,
+}
+
+/// Control room aligned as a `cmsghdr` must be.
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
+
+// SAFETY: the raw pointers point into the record itself (its boxed
+// payload and own fields); it moves between threads only with the rings
+// that own it.
+unsafe impl Send for RecvNow {}
+
+impl RecvNow {
+    fn new(payload: usize) -> Box<RecvNow> {
+        Box::new(RecvNow {
+            // SAFETY: msghdr is plain data; all-zero is a valid value.
+            hdr: unsafe { std::mem::zeroed() },
+            // SAFETY: iovec is plain data; all-zero is a valid value.
+            iov: unsafe { std::mem::zeroed() },
+            control: Control([0; CONTROL_LEN]),
+            payload: vec![0u8; payload].into_boxed_slice(),
+            tag: 0,
+        })
+    }
+
+    /// Points the header at this record's own iovec, payload and control
+    /// room, with their full lengths (the kernel shortens them).
+    fn arm(&mut self, tag: u64) -> *mut libc::msghdr {
+        self.tag = tag;
+        self.iov.iov_base = self.payload.as_mut_ptr().cast();
+        self.iov.iov_len = self.payload.len();
+        self.hdr.msg_name = std::ptr::null_mut();
+        self.hdr.msg_namelen = 0;
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        self.hdr.msg_control = self.control.0.as_mut_ptr().cast();
+        self.hdr.msg_controllen = CONTROL_LEN;
+        self.hdr.msg_flags = 0;
+        &mut self.hdr
+    }
+
+    /// The control messages the kernel wrote.
+    fn control_data(&self) -> &[u8] {
+        &self.control.0[..self.hdr.msg_controllen.min(CONTROL_LEN)]
     }
 }
 
@@ -247,6 +319,14 @@ pub struct ClientRings {
     wake: Option<OwnedFd>,
     /// What every RECVMSG names (boxed: the SQEs point at it).
     recv_header: Box<RecvHeader>,
+    /// One-shot recvs in flight ([`Self::recv_now`]), by key.
+    recvs_now: Slab<Box<RecvNow>>,
+    /// Finished records, kept for reuse (at most [`RECV_NOW_SPARES`]).
+    /// (Boxed like those in flight: a record moves between the two.)
+    #[allow(clippy::vec_box)]
+    spare_recvs: Vec<Box<RecvNow>>,
+    /// Payload room of a one-shot recv.
+    recv_now_len: usize,
     /// Requests whose last completion has not come yet (connects, recvs,
     /// sends).
     in_flight: usize,
@@ -479,6 +559,9 @@ impl ClientRings {
             slots_per_ring,
             wake,
             recv_header: Box::new(RecvHeader::new()),
+            recvs_now: Slab::new(),
+            spare_recvs: Vec::new(),
+            recv_now_len: buffer_size as usize * RECV_NOW_FACTOR,
             in_flight: 0,
         })
     }
@@ -636,6 +719,56 @@ impl ClientRings {
         Ok(())
     }
 
+    /// Receives once on `slot` what has arrived, without waiting: a
+    /// RECVMSG with MSG_DONTWAIT into a record of its own, which completes
+    /// when submitted (EAGAIN if nothing has arrived; 0 at the peer's FIN).
+    /// No waiter is left on the socket, so the bytes' arrival woke no one
+    /// (see the module docs); the completion carries `tag`, the bytes and
+    /// their arrival time. Queued requests are submitted by the next
+    /// [`Self::wait`] or [`Self::take`].
+    pub fn recv_now(&mut self, slot: u32, tag: u64) -> io::Result<()> {
+        let (ring, fixed) = self.locate(slot)?;
+        let tag = checked(tag)?;
+        let len = self.recv_now_len;
+        let record = self.spare_recvs.pop().unwrap_or_else(|| RecvNow::new(len));
+        let key = self.recvs_now.insert(record);
+        let hdr = self.recvs_now[key].arm(tag);
+        let recv = opcode::RecvMsg::new(fixed, hdr)
+            .flags(libc::MSG_DONTWAIT as u32)
+            .build()
+            .user_data(KIND_RECV_NOW << KIND_SHIFT | key as u64);
+        if let Err(e) = self.push(ring, &[recv]) {
+            let record = self.recvs_now.remove(key);
+            self.spare_recvs.push(record);
+            return Err(e);
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Payload room of a [`Self::recv_now`]: a completion that fills it
+    /// may have left bytes behind.
+    pub fn recv_now_len(&self) -> usize {
+        self.recv_now_len
+    }
+
+    /// Arms a one-shot poll of `slot` for `events` (`POLLRDHUP`, `POLLIN`;
+    /// the kernel adds POLLERR and POLLHUP); its completion ([`Kind::Op`])
+    /// carries `tag` and the events that fired. A poll whose events do not
+    /// include the ones a wake-up names is not run by it: a `POLLRDHUP`
+    /// poll sleeps through arriving bytes and fires at the peer's FIN or
+    /// RST.
+    pub fn poll(&mut self, slot: u32, tag: u64, events: u32) -> io::Result<()> {
+        let (ring, fixed) = self.locate(slot)?;
+        let tag = checked(tag)?;
+        let poll = opcode::PollAdd::new(fixed, events)
+            .build()
+            .user_data(KIND_OP << KIND_SHIFT | tag);
+        self.push(ring, &[poll])?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
     /// Sends `bytes` on `slot`; the completion carries `tag`.
     pub fn send(&mut self, slot: u32, tag: u64, bytes: &[u8]) -> io::Result<()> {
         let tag = checked(tag)?;
@@ -744,7 +877,9 @@ impl ClientRings {
         let enters = if self.lazy() { LAZY_ENTERS } else { 1 };
         for ring in 0..self.rings.len() {
             for _ in 0..enters {
-                if !super::needs_enter(&mut self.rings[ring].ring) {
+                // Requests queued since the wait go in now (a recv_now
+                // completes in its submission).
+                if !self.rings[ring].queued && !super::needs_enter(&mut self.rings[ring].ring) {
                     break;
                 }
                 let _ = self.submit(ring);
@@ -804,6 +939,33 @@ impl ClientRings {
                 Kind::Op
             }
             KIND_SETUP => Kind::Setup,
+            KIND_RECV_NOW => {
+                let key = tag as usize;
+                if !self.recvs_now.contains(key) {
+                    return;
+                }
+                let record = self.recvs_now.remove(key);
+                self.in_flight -= 1;
+                let got = e.result();
+                let mut rx_realtime_ns = 0;
+                if got > 0 {
+                    let n = (got as usize).min(record.payload.len());
+                    data.extend_from_slice(&record.payload[..n]);
+                    rx_realtime_ns = arrival_ns(record.control_data()).unwrap_or(0);
+                }
+                out.push(Completion {
+                    tag: record.tag,
+                    kind: Kind::Op,
+                    result: got,
+                    more: false,
+                    data: start..data.len(),
+                    rx_realtime_ns,
+                });
+                if self.spare_recvs.len() < RECV_NOW_SPARES {
+                    self.spare_recvs.push(record);
+                }
+                return;
+            }
             KIND_SEND => {
                 let key = tag as usize;
                 let Some(rec) = self.sends.get_mut(key) else {
@@ -892,6 +1054,7 @@ impl Drop for ClientRings {
                 std::mem::forget(r.bufs.take());
             }
             self.arena.leak();
+            std::mem::forget(std::mem::take(&mut self.recvs_now));
         }
         // Closing the rings closes every slot's socket (FIN).
     }
@@ -959,6 +1122,15 @@ mod tests {
     /// with its recv armed (tags: the slot); the accepted peers, in slot
     /// order.
     fn connected(rings: &mut ClientRings, n: u32) -> Vec<std::net::TcpStream> {
+        let peers = connected_bare(rings, n);
+        for slot in 0..n {
+            rings.recv(slot, u64::from(slot)).unwrap();
+        }
+        peers
+    }
+
+    /// As [`connected`], with nothing armed on the connections.
+    fn connected_bare(rings: &mut ClientRings, n: u32) -> Vec<std::net::TcpStream> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let SocketAddr::V4(target) = listener.local_addr().unwrap() else {
             unreachable!()
@@ -976,9 +1148,130 @@ mod tests {
             }
             assert_eq!((out[0].kind, out[0].result), (Kind::Op, 0), "{:?}", out[0]);
             peers.push(listener.accept().unwrap().0);
-            rings.recv(slot, u64::from(slot)).unwrap();
         }
         peers
+    }
+
+    /// Waits up to `ms` and takes what completed.
+    fn turn(rings: &mut ClientRings, ms: u64) -> (Vec<Completion>, Vec<u8>) {
+        let (mut out, mut data) = (Vec::new(), Vec::new());
+        rings.wait(Duration::from_millis(ms)).unwrap();
+        rings.take(&mut out, &mut data);
+        (out, data)
+    }
+
+    #[test]
+    fn a_recv_now_takes_what_arrived_with_its_time_or_says_eagain() {
+        use std::io::Write;
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        for lazy in [true, false] {
+            let mut rings = ClientRings::with_mode(1, 2, 8, 8, lazy).unwrap();
+            let mut peer = connected_bare(&mut rings, 1).remove(0);
+            // Nothing has arrived: EAGAIN, in the same take, no waiting.
+            rings.recv_now(0, 11).unwrap();
+            let (mut out, mut data) = (Vec::new(), Vec::new());
+            rings.take(&mut out, &mut data);
+            assert_eq!(out.len(), 1, "lazy {lazy}: {out:?}");
+            assert_eq!((out[0].tag, out[0].result), (11, -libc::EAGAIN), "{out:?}");
+            // 40 bytes arrive: a record holds 8 × 4 = 32 of them, with the
+            // kernel's arrival time; the next recv takes the rest.
+            let written_ns = realtime_ns();
+            peer.write_all(&[b'x'; 40]).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            rings.recv_now(0, 12).unwrap();
+            let (out, data) = turn(&mut rings, 0);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!((out[0].tag, out[0].result, out[0].kind), (12, 32, Kind::Op));
+            assert_eq!(&data[out[0].data.clone()], &[b'x'; 32]);
+            let rx = out[0].rx_realtime_ns;
+            assert!(rx + 1_000_000 >= written_ns, "rx {rx} written {written_ns}");
+            assert!(
+                rx + 25_000_000 <= realtime_ns(),
+                "rx {rx} is not the arrival"
+            );
+            rings.recv_now(0, 13).unwrap();
+            let (out, data) = turn(&mut rings, 0);
+            assert_eq!((out[0].tag, out[0].result), (13, 8));
+            assert_eq!(&data[out[0].data.clone()], &[b'x'; 8]);
+            // The peer's FIN: 0.
+            drop(peer);
+            std::thread::sleep(Duration::from_millis(10));
+            rings.recv_now(0, 14).unwrap();
+            let (out, _) = turn(&mut rings, 0);
+            assert_eq!((out[0].tag, out[0].result), (14, 0), "{out:?}");
+            assert_eq!(rings.in_flight, 0);
+            assert!(rings.recvs_now.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_rdhup_poll_sleeps_through_bytes_and_fires_at_the_fin() {
+        use std::io::Write;
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let rdhup = libc::POLLRDHUP as u32;
+        let mut rings = ClientRings::with_mode(2, 2, 8, 64, true).unwrap();
+        let mut peers = connected_bare(&mut rings, 2);
+        rings.poll(0, 20, rdhup).unwrap();
+        rings.poll(1, 21, rdhup).unwrap();
+        let (out, _) = turn(&mut rings, 0);
+        assert!(out.is_empty(), "{out:?}");
+        peers[0].write_all(b"pong").unwrap();
+        peers[1].write_all(b"pong").unwrap();
+        let (out, _) = turn(&mut rings, 30);
+        assert!(out.is_empty(), "bytes woke a RDHUP poll: {out:?}");
+        // A FIN after bytes: the poll fires; the bytes are still there.
+        peers[0].shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let (out, _) = turn(&mut rings, 0);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].tag, 20);
+        assert_ne!(out[0].result as u32 & rdhup, 0, "{out:?}");
+        rings.recv_now(0, 22).unwrap();
+        let (out, data) = turn(&mut rings, 0);
+        assert_eq!(&data[out[0].data.clone()], b"pong");
+        // An RST (SO_LINGER 0 and close): the other poll fires too.
+        socket2::SockRef::from(&peers[1])
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peers);
+        std::thread::sleep(Duration::from_millis(10));
+        let (out, _) = turn(&mut rings, 0);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].tag, 21);
+        assert!(out[0].result > 0, "{out:?}");
+        // The bytes that came before the RST, then the reset.
+        rings.recv_now(1, 23).unwrap();
+        let (out, data) = turn(&mut rings, 0);
+        assert_eq!(&data[out[0].data.clone()], b"pong");
+        rings.recv_now(1, 24).unwrap();
+        let (out, _) = turn(&mut rings, 0);
+        assert_eq!(out[0].result, -libc::ECONNRESET, "{out:?}");
+    }
+
+    #[test]
+    fn a_pollin_poll_fires_for_bytes() {
+        use std::io::Write;
+        if let Err(e) = client_probe() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let mut rings = ClientRings::with_mode(1, 2, 8, 64, true).unwrap();
+        let mut peer = connected_bare(&mut rings, 1).remove(0);
+        rings.poll(0, 30, libc::POLLIN as u32).unwrap();
+        let (out, _) = turn(&mut rings, 0);
+        assert!(out.is_empty(), "{out:?}");
+        peer.write_all(b"pong").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let (out, _) = turn(&mut rings, 0);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].tag, 30);
+        assert_ne!(out[0].result as u32 & libc::POLLIN as u32, 0);
     }
 
     #[test]
