@@ -25,10 +25,14 @@
 //!   on loopback the server's send runs the delivery, and waking a waiter
 //!   (io_uring's poll callback queueing work on this driver's ring) was
 //!   ~10 % of the server's CPU (results/million/profile-server-tick4-100k).
-//!   Each turn, after its sleep, receives once without waiting
-//!   (`recv_now`: MSG_DONTWAIT, completing in its submission) on every
-//!   session that sent in the turn before, a tick earlier: a reply (RTT p50
-//!   ~1 ms) is almost always there. A session whose reply is not there yet
+//!   Each turn receives once without waiting (`recv_now`: MSG_DONTWAIT,
+//!   completing in its submission) on every session that sent at least
+//!   half a reply poll (the tick, or [`REPLY_POLL_US`]) before: in effect
+//!   the turn after the sleep that follows a tick's sends, a tick later,
+//!   when a reply (RTT p50 ~1 ms) is almost always there. (Not the turn
+//!   right after the sends, which their inline send completions end at
+//!   once: receiving there found nothing and more than doubled the
+//!   driver's CPU, `results/million/recv-ab-100k/`.) A session whose reply is not there yet
 //!   gets a one-shot POLLIN poll, and a recv when it fires. Every
 //!   connection keeps a POLLRDHUP poll, which arriving bytes do not run
 //!   (the kernel's wake-up names POLLIN, which it does not ask for) and
@@ -54,7 +58,7 @@ use crate::scenario::UringRecv;
 use crate::session::State;
 use crate::stats::ErrorKind;
 use c10m_server::sys::uring::client::{ClientRings, Completion, Kind};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -118,9 +122,16 @@ pub struct UringIo {
     /// Recvs to re-arm at the end of the turn: (index, generation).
     rearm: Vec<(u32, u16)>,
     recv: UringRecv,
-    /// Deferred: sessions that sent since the last turn's recvs, and
-    /// those whose recv is due again (index, generation).
-    recv_due: Vec<(u32, u16)>,
+    /// Deferred: sessions that sent in this turn (index, generation).
+    sent: Vec<(u32, u16)>,
+    /// Deferred: sessions that sent in earlier turns, oldest first, and
+    /// when each turn's sends went out (run µs) with how many there were.
+    sent_before: VecDeque<(u32, u16)>,
+    sent_marks: VecDeque<(u64, usize)>,
+    /// Deferred: sessions to receive on at the next turn.
+    recv_again: Vec<(u32, u16)>,
+    /// Deferred: this turn's recvs (resident).
+    recv_batch: Vec<(u32, u16)>,
     /// Deferred: sessions with a POLLIN poll armed (a late reply).
     waiting: HashSet<u32>,
     /// Deferred: sessions whose POLLRDHUP poll fired, read to their end.
@@ -147,7 +158,11 @@ impl UringIo {
             data: Vec::with_capacity(64 * 1024),
             rearm: Vec::with_capacity(1024),
             recv,
-            recv_due: Vec::with_capacity(4096),
+            sent: Vec::with_capacity(4096),
+            sent_before: VecDeque::with_capacity(4096),
+            sent_marks: VecDeque::with_capacity(64),
+            recv_again: Vec::new(),
+            recv_batch: Vec::with_capacity(4096),
             waiting: HashSet::new(),
             ending: HashSet::new(),
             now_realtime_ns: 0,
@@ -170,7 +185,7 @@ impl SocketIo for UringIo {
     fn send(&mut self, idx: u32, gen: u16, bytes: &[u8]) -> io::Result<Sent> {
         self.rings.send(idx, tag(SEND, gen, idx), bytes)?;
         if self.recv == UringRecv::Deferred {
-            self.recv_due.push((idx, gen));
+            self.sent.push((idx, gen));
         }
         Ok(Sent::InFlight)
     }
@@ -221,6 +236,17 @@ impl SocketIo for UringIo {
             } else if d.unanswered() > 0 || !d.write_spill.is_empty() {
                 timeout = timeout.min(REPLY_POLL_US.max(u64::from(d.model.tick_ms) * 1_000));
             }
+        }
+        if !d.io.sent.is_empty() {
+            // This turn's sends go out in the wait.
+            let UringIo {
+                sent,
+                sent_before,
+                sent_marks,
+                ..
+            } = &mut d.io;
+            sent_marks.push_back((now_us, sent.len()));
+            sent_before.extend(sent.drain(..));
         }
         d.io.rings.wait(Duration::from_micros(timeout))?;
         let now_us = d.clock.now_us();
@@ -286,9 +312,23 @@ impl Driver<UringIo> {
     }
 
     /// Deferred: receives, without waiting, on every session that sent
-    /// since the last turn or whose recv is due again (once each).
+    /// at least half a reply poll ago (the tick, or [`REPLY_POLL_US`] if
+    /// longer: so the turn after the sleep that follows the sends, not
+    /// the one right after them, which their send completions end at
+    /// once) or whose recv is due again; once each.
     fn recv_due_now(&mut self, now_us: u64) {
-        let mut due = std::mem::take(&mut self.io.recv_due);
+        let defer_us = REPLY_POLL_US.max(u64::from(self.model.tick_ms) * 1_000) / 2;
+        let mut due = std::mem::take(&mut self.io.recv_batch);
+        let mut n = 0;
+        while let Some(&(at, count)) = self.io.sent_marks.front() {
+            if at + defer_us > now_us {
+                break;
+            }
+            n += count;
+            self.io.sent_marks.pop_front();
+        }
+        due.extend(self.io.sent_before.drain(..n));
+        due.append(&mut self.io.recv_again);
         if due.len() > 1 {
             due.sort_unstable();
             due.dedup();
@@ -300,7 +340,7 @@ impl Driver<UringIo> {
             }
         }
         due.clear();
-        self.io.recv_due = due;
+        self.io.recv_batch = due;
     }
 
     fn recv_now(&mut self, idx: u32, gen: u16, now_us: u64) {
@@ -357,7 +397,7 @@ impl Driver<UringIo> {
         // server ended is read to its end: receive again next turn.
         let full = c.data.len() >= self.io.rings.recv_now_len();
         if full || self.io.ending.contains(&idx) {
-            self.io.recv_due.push((idx, gen));
+            self.io.recv_again.push((idx, gen));
         } else if self.expects_bytes(idx) {
             self.await_bytes(idx, gen, now_us);
         }

@@ -1,0 +1,23 @@
+#!/bin/bash
+# rec.sh OUT RECV : the 25-ring model of stat.sh with --uring-recv RECV; perf record -g of the
+# server for 8 s of the hold (OUT.server.data), then the report of where the wake-ups go.
+out=$1; recv=$2
+rm -rf $out; mkdir -p "$(dirname "$out")"
+(
+ulimit -n 2000
+C10M_SERVER_ARGS="--max-sessions 100000 --idle-timeout 600s --steer cpu --sched batch" C10M_OUT=$out \
+  scripts/campaign demo --progress off --heartbeat 3s --tick 4ms --io uring --uring-recv $recv > $out.log 2>&1
+echo $? > $out.rc
+) &
+cpid=$!
+for i in $(seq 1 600); do l=$(pgrep -x c10m-loadgen | head -1); s=$(pgrep -x c10m-server | head -1); [[ -n $l && -n $s ]] && break; sleep 0.5; done
+sleep 22
+perf record -F 2000 -g -p $s -o $out.server.data -- sleep 8 2>/dev/null
+wait $cpid
+python3 - $out $(cat $out.rc) <<'PY'
+import json,sys
+s=json.load(open(sys.argv[1]+'/summary.json'))
+print("%s rc %s recv %s server %s loadgen %s" % (sys.argv[1], sys.argv[2], s['layout'].get('uring_recv'), s['server']['cpu_us_per_heartbeat'], s['loadgen']['cpu_us_per_heartbeat']))
+PY
+perf report -i $out.server.data --children --sort sym --stdio 2>/dev/null \
+  | grep -E "^ +[0-9.]+% +[0-9.]+% .*(sock_def_readable|io_poll_wake|__wake_up_sync_key|__wake_up_common|_raw_spin_unlock_irqrestore|io_req_local_work_add|tcp_v4_rcv|io_send|tcp_sendmsg)\b" | head -20
