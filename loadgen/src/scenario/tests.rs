@@ -139,16 +139,19 @@ fn first_heartbeat_is_spread_unless_the_file_says_interval() {
     assert_eq!(old.model().first, FirstBeat::Spread);
 }
 
+/// Resolves a scenario file of `text` (written into `dir`) with `flags`.
+fn resolve_file(dir: &Path, text: &str, flags: &[&str]) -> Result<RunConfig> {
+    let path = dir.join("s.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut list = vec!["--scenario", path.to_str().unwrap()];
+    list.extend_from_slice(flags);
+    RunConfig::resolve(&args(&list))
+}
+
 #[test]
 fn tick_comes_from_the_flag_or_the_file_in_whole_milliseconds_within_the_intervals() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.toml");
-    let resolve = |text: &str, flags: &[&str]| {
-        std::fs::write(&path, text).unwrap();
-        let mut list = vec!["--scenario", path.to_str().unwrap()];
-        list.extend_from_slice(flags);
-        RunConfig::resolve(&args(&list))
-    };
+    let resolve = |text: &str, flags: &[&str]| resolve_file(dir.path(), text, flags);
     let c = resolve("sessions = 10", &[]).unwrap();
     assert_eq!((c.tick_ms, c.model().tick_ms), (1, 1));
     let c = resolve("sessions = 10\ntick = \"4ms\"", &[]).unwrap();
@@ -184,13 +187,7 @@ fn tick_comes_from_the_flag_or_the_file_in_whole_milliseconds_within_the_interva
 #[test]
 fn uring_recv_comes_from_the_flag_or_the_file_and_old_configs_read_as_armed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.toml");
-    let resolve = |text: &str, flags: &[&str]| {
-        std::fs::write(&path, text).unwrap();
-        let mut list = vec!["--scenario", path.to_str().unwrap()];
-        list.extend_from_slice(flags);
-        RunConfig::resolve(&args(&list))
-    };
+    let resolve = |text: &str, flags: &[&str]| resolve_file(dir.path(), text, flags);
     let c = resolve("sessions = 10", &[]).unwrap();
     assert_eq!(c.uring_recv, UringRecv::Deferred);
     let c = resolve("sessions = 10\nuring_recv = \"armed\"", &[]).unwrap();

@@ -1,16 +1,9 @@
 #!/bin/bash
-# rec.sh OUT RECV : the 25-ring model of stat.sh with --uring-recv RECV; perf record -g of the
+# rec.sh OUT RECV : the 25-ring model (model.sh) with --uring-recv RECV; perf record -g of the
 # server for 8 s of the hold (OUT.server.data), then the report of where the wake-ups go.
 out=$1; recv=$2
-rm -rf $out; mkdir -p "$(dirname "$out")"
-(
-ulimit -n 2000
-C10M_SERVER_ARGS="--max-sessions 100000 --idle-timeout 600s --steer cpu --sched batch" C10M_OUT=$out \
-  scripts/campaign demo --progress off --heartbeat 3s --tick 4ms --io uring --uring-recv $recv > $out.log 2>&1
-echo $? > $out.rc
-) &
-cpid=$!
-for i in $(seq 1 600); do l=$(pgrep -x c10m-loadgen | head -1); s=$(pgrep -x c10m-server | head -1); [[ -n $l && -n $s ]] && break; sleep 0.5; done
+. "$(dirname "$(readlink -f "$0")")/model.sh"
+model $out $recv
 sleep 22
 perf record -F 2000 -g -p $s -o $out.server.data -- sleep 8 2>/dev/null
 wait $cpid

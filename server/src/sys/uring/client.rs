@@ -159,8 +159,9 @@ impl RecvHeader {
 /// provided-buffer byte: a recv that fills it is followed by another.
 const RECV_NOW_FACTOR: usize = 4;
 
-/// Spare one-shot recv records kept for reuse; more are freed.
-const RECV_NOW_SPARES: usize = 4096;
+/// Bytes of spare one-shot recv records kept for reuse (at most 4 096
+/// records); more are freed.
+const RECV_NOW_SPARE_BYTES: usize = 1 << 20;
 
 /// A one-shot RECVMSG in flight: its header, control room and payload,
 /// boxed (the kernel writes all three, and the header's lengths, when it
@@ -321,12 +322,14 @@ pub struct ClientRings {
     recv_header: Box<RecvHeader>,
     /// One-shot recvs in flight ([`Self::recv_now`]), by key.
     recvs_now: Slab<Box<RecvNow>>,
-    /// Finished records, kept for reuse (at most [`RECV_NOW_SPARES`]).
+    /// Finished records, kept for reuse (at most `spare_recvs_max`).
     /// (Boxed like those in flight: a record moves between the two.)
     #[allow(clippy::vec_box)]
     spare_recvs: Vec<Box<RecvNow>>,
     /// Payload room of a one-shot recv.
     recv_now_len: usize,
+    /// Most spare records kept ([`RECV_NOW_SPARE_BYTES`] of them).
+    spare_recvs_max: usize,
     /// Requests whose last completion has not come yet (connects, recvs,
     /// sends).
     in_flight: usize,
@@ -562,6 +565,9 @@ impl ClientRings {
             recvs_now: Slab::new(),
             spare_recvs: Vec::new(),
             recv_now_len: buffer_size as usize * RECV_NOW_FACTOR,
+            spare_recvs_max: (RECV_NOW_SPARE_BYTES
+                / (buffer_size as usize * RECV_NOW_FACTOR + std::mem::size_of::<RecvNow>()))
+            .clamp(1, 4096),
             in_flight: 0,
         })
     }
@@ -961,7 +967,7 @@ impl ClientRings {
                     data: start..data.len(),
                     rx_realtime_ns,
                 });
-                if self.spare_recvs.len() < RECV_NOW_SPARES {
+                if self.spare_recvs.len() < self.spare_recvs_max {
                     self.spare_recvs.push(record);
                 }
                 return;
