@@ -153,7 +153,8 @@ struct Cli {
     backend: BackendChoice,
 
     /// Where sessions' descriptors live. `plain`: the process's table, which
-    /// RLIMIT_NOFILE caps for the whole process. `thread`: a table per
+    /// RLIMIT_NOFILE caps for the whole process (grown to --max-sessions at
+    /// start-up: grown under load, each step stalls a worker). `thread`: a table per
     /// worker thread (either backend). `direct`: io_uring direct
     /// descriptors, a table per worker ring (needs io_uring). With either
     /// of the last two one process holds workers x RLIMIT_NOFILE sessions,

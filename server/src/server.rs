@@ -278,6 +278,22 @@ fn serve(
         .map(|l| l.as_fd().try_clone_to_owned())
         .collect::<std::io::Result<_>>()
         .context("duplicating the listeners")?;
+    if layout.descriptors == limits::Descriptors::Plain {
+        // The workers share this table: grow it now, not under load (see
+        // sys::presize_fd_table). Not fatal: it would grow on demand.
+        let fds = max_sessions
+            .saturating_add(limits::reserved_fds(n_workers))
+            .min(nofile.soft);
+        if let Some(first) = listener_dups.first() {
+            if let Err(e) = sys::presize_fd_table(first.as_fd(), fds) {
+                eprintln!(
+                    "c10m-server: could not size the descriptor table for {fds} descriptors at \
+                     start-up ({e}); it grows as sessions arrive instead, each step waiting for \
+                     an RCU grace period in a worker"
+                );
+            }
+        }
+    }
     let ports: Vec<Arc<crate::handoff::Port>> = (0..n_workers).map(|_| Arc::default()).collect();
     let admission = Arc::new(Admission::new(max_sessions));
     let tick = tick_for(config.idle_timeout.min(config.frame_timeout));
