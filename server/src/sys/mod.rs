@@ -427,10 +427,10 @@ pub fn steer_listener(listener: &impl AsFd, cpu: Option<usize>) -> io::Result<()
 /// thread whose accept needed the room. A grace period is a few ms on an
 /// idle host and far longer on one busy freeing sockets: 15 000 unpaced
 /// connects right after another 15 000-session test stalled the io_uring
-/// worker's accepts until the listen queues overflowed (1 800-5 500
-/// drops in 6 of 6 runs; 0 in 4 of 4 with the table grown up front,
-/// results/reliability/burst-test-ab). Growing it here, with one thread,
-/// waits for none. Cost: 8 bytes of kernel memory per slot, ~260 KiB
+/// worker's accepts until the listen queues overflowed (124-4 940 drops
+/// in 8 of 8 runs; 0 in 8 of 8 with the table grown up front,
+/// results/reliability/burst-test-ab). Growing it here, before the
+/// workers start, costs at most one grace period, before any session. Cost: 8 bytes of kernel memory per slot, ~260 KiB
 /// for 20 000 descriptors (the table a full server grows to anyway).
 pub fn presize_fd_table(fd: std::os::fd::BorrowedFd<'_>, fds: u64) -> io::Result<u64> {
     let last = i32::try_from(fds.saturating_sub(1))
